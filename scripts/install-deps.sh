@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs, by Debian package name, what building and testing the project needs on a
+# fresh Debian 12 machine (run as root). Idempotent: packages already present are skipped.
+set -euo pipefail
+
+pkgs=(
+  iproute2                      # ip: namespaces, links, addresses in tests and scripts
+  util-linux                    # nsenter, unshare
+  nftables                      # nft: the ip-masq / macspoofchk backend
+  iptables                      # removal of the Go plugin's legacy CNI-* chains; Go bridge's masq
+  containernetworking-plugins   # the Go reference bridge/host-local in /usr/lib/cni
+  jq
+  iputils-ping
+  golang-go                     # builds the upstream cnitool (../shared/tools/build-cnitool.sh)
+  golang-github-appc-cni-dev
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
