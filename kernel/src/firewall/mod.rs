@@ -1,0 +1,74 @@
+//! Packet-filter rules the bridge plugin installs: per-container ip-masq
+//! (nftables, plus removal of the Go plugin's legacy iptables chains) and
+//! MAC spoof checking.
+//!
+//! [`NftFirewall`] builds libnftables JSON and applies each change as one
+//! atomic `nft -j -f -` transaction. It acts on the network namespace of the
+//! calling thread (the `nft` child inherits it). The [`Firewall`] trait lets
+//! a netlink-native implementation replace the exec later.
+
+mod naming;
+mod nft;
+
+pub use naming::*;
+pub use nft::NftFirewall;
+
+use ipnet::IpNet;
+
+use crate::error::Result;
+use crate::netlink::MacAddr;
+
+/// One container interface on one network: the key of its rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attachment<'a> {
+    pub network: &'a str,
+    pub container_id: &'a str,
+    pub ifname: &'a str,
+}
+
+/// An attachment that is still in use, as listed in a CNI GC request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct GcAttachment {
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// Inputs of the MAC spoof check for one attachment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MacSpoofCheck<'a> {
+    pub container_id: &'a str,
+    pub ifname: &'a str,
+    /// Host end of the veth: frames entering the bridge from it are checked.
+    pub host_veth: &'a str,
+    /// The only source MAC the container may use.
+    pub mac: MacAddr,
+}
+
+/// Firewall effects of the bridge plugin. All operations are idempotent:
+/// setting up twice leaves one copy of each rule, and tearing down what is
+/// not there succeeds.
+pub trait Firewall {
+    /// Masquerades traffic from each address to anything outside its subnet
+    /// (multicast excepted). `ips` carry the subnet prefix with host bits
+    /// kept, e.g. `10.244.1.5/24`. Replaces the attachment's earlier rules.
+    fn setup_masq(&self, attachment: &Attachment<'_>, ips: &[IpNet]) -> Result<()>;
+
+    /// Removes the attachment's masquerade rules, found by comment, so it
+    /// works without the IPs (DEL after the pod namespace is gone).
+    fn teardown_masq(&self, attachment: &Attachment<'_>) -> Result<()>;
+
+    /// Removes the masquerade rules of `network` whose attachment is not in
+    /// `valid`; returns how many rules were removed.
+    fn gc_masq(&self, network: &str, valid: &[GcAttachment]) -> Result<usize>;
+
+    /// Removes the Go plugin's iptables masquerade for a container (chain
+    /// `CNI-<hash>` in the iptables-nft `nat` tables and the POSTROUTING
+    /// rules jumping to it). Returns whether anything was found.
+    fn teardown_legacy_iptables_masq(&self, network: &str, container_id: &str) -> Result<bool>;
+
+    /// Drops frames from `host_veth` whose source MAC is not `mac`.
+    fn setup_mac_spoof_check(&self, check: &MacSpoofCheck<'_>) -> Result<()>;
+
+    /// Removes the attachment's spoof-check chains and rules.
+    fn teardown_mac_spoof_check(&self, container_id: &str, ifname: &str) -> Result<()>;
+}
