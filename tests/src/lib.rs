@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
 
 pub use serde_json::json;
 
@@ -31,8 +31,13 @@ impl NetNs {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let res = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-                .map(|_| format!("/proc/{}/task/{}/ns/net", std::process::id(), nix::unistd::gettid()));
+            let res = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map(|_| {
+                format!(
+                    "/proc/{}/task/{}/ns/net",
+                    std::process::id(),
+                    nix::unistd::gettid()
+                )
+            });
             let ok = res.is_ok();
             let _ = ready_tx.send(res);
             if ok {
@@ -42,7 +47,9 @@ impl NetNs {
         });
         let path = match ready_rx.recv() {
             Ok(Ok(p)) => p,
-            other => panic!("cannot create a network namespace (tests must run as root): {other:?}"),
+            other => {
+                panic!("cannot create a network namespace (tests must run as root): {other:?}")
+            }
         };
         let ns = NetNs {
             path,
@@ -166,22 +173,39 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}\nstderr: {}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {:?}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
     }
 
     #[track_caller]
     pub fn ok(&self) -> &Self {
-        assert_eq!(self.code, 0, "plugin failed: stdout {} stderr {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "plugin failed: stdout {} stderr {}",
+            self.stdout, self.stderr
+        );
         self
     }
 
     /// Asserts a CNI error with `code` and returns its message.
     #[track_caller]
     pub fn err(&self, code: u64) -> String {
-        assert_ne!(self.code, 0, "expected failure, got success: {}", self.stdout);
+        assert_ne!(
+            self.code, 0,
+            "expected failure, got success: {}",
+            self.stdout
+        );
         let v = self.json();
-        assert_eq!(v["code"].as_u64(), Some(code), "wrong error code: {}", self.stdout);
+        assert_eq!(
+            v["code"].as_u64(),
+            Some(code),
+            "wrong error code: {}",
+            self.stdout
+        );
         let msg = v["msg"].as_str().unwrap_or_default().to_owned();
         assert!(!msg.is_empty(), "error without msg: {}", self.stdout);
         msg
@@ -198,11 +222,18 @@ pub struct World {
 impl World {
     /// A world whose CNI_PATH holds our three plugins.
     pub fn new() -> World {
-        World::with_plugins(&[("host-local", Impl::Ours), ("bridge", Impl::Ours), ("flannel", Impl::Ours)])
+        World::with_plugins(&[
+            ("host-local", Impl::Ours),
+            ("bridge", Impl::Ours),
+            ("flannel", Impl::Ours),
+        ])
     }
 
     pub fn with_plugins(plugins: &[(&str, Impl)]) -> World {
-        let dir = tempfile::Builder::new().prefix("cni-e2e-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("cni-e2e-")
+            .tempdir()
+            .expect("tempdir");
         let bin = dir.path().join("bin");
         std::fs::create_dir(&bin).expect("mkdir bin");
         let w = World {
@@ -329,7 +360,9 @@ impl Env {
 /// Files under `dir` (recursively), as relative paths, sorted.
 pub fn list_files(dir: &Path) -> Vec<String> {
     fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
         for e in rd.flatten() {
             let p = e.path();
             if p.is_dir() {

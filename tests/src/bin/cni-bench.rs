@@ -53,7 +53,11 @@ impl Stats {
     }
 }
 
-fn run_plugin(bin: &Path, vars: &BTreeMap<String, String>, stdin: &[u8]) -> (Duration, bool, String) {
+fn run_plugin(
+    bin: &Path,
+    vars: &BTreeMap<String, String>,
+    stdin: &[u8],
+) -> (Duration, bool, String) {
     let t = Instant::now();
     let mut child = Command::new(bin)
         .env_clear()
@@ -89,8 +93,19 @@ fn env(cmd: &str, cid: &str, netns: &str, path: &str) -> BTreeMap<String, String
 }
 
 /// Runs `ops` ADDs then `ops` DELs with `parallel` workers; returns (add, del) stats.
-fn churn(bin: &Path, conf: &[u8], netns: &str, ops: usize, parallel: usize, tag: &str) -> (Stats, Stats) {
-    let dir = bin.parent().unwrap_or(Path::new("/")).to_string_lossy().into_owned();
+fn churn(
+    bin: &Path,
+    conf: &[u8],
+    netns: &str,
+    ops: usize,
+    parallel: usize,
+    tag: &str,
+) -> (Stats, Stats) {
+    let dir = bin
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .to_string_lossy()
+        .into_owned();
     let phase = |cmd: &str| -> Stats {
         let started = Instant::now();
         let samples = std::thread::scope(|s| {
@@ -109,7 +124,10 @@ fn churn(bin: &Path, conf: &[u8], netns: &str, ops: usize, parallel: usize, tag:
                     })
                 })
                 .collect();
-            handles.into_iter().flat_map(|h| h.join().expect("worker")).collect()
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("worker"))
+                .collect()
         });
         Stats {
             samples,
@@ -135,11 +153,18 @@ fn host_local_conf(name: &str, data_dir: &Path, subnet: &str) -> Vec<u8> {
 fn host_local(ops: usize, scale: usize) {
     let ours = e2e::our_binary("host-local");
     let go = PathBuf::from(GO_PLUGIN_DIR).join("host-local");
-    assert!(go.is_file(), "{} missing: apt-get install containernetworking-plugins", go.display());
+    assert!(
+        go.is_file(),
+        "{} missing: apt-get install containernetworking-plugins",
+        go.display()
+    );
     let ns = NetNs::new();
     let tmp = tempfile::tempdir().expect("tempdir");
     println!("host-local benchmark: {ops} ADD then {ops} DEL per run, /16 range, release builds");
-    println!("{:<28} {:>10} {:>10} {:>10} {:>10} {:>8}", "scenario", "go p50", "ours p50", "go p99", "ours p99", "ratio");
+    println!(
+        "{:<28} {:>10} {:>10} {:>10} {:>10} {:>8}",
+        "scenario", "go p50", "ours p50", "go p99", "ours p99", "ratio"
+    );
     for parallel in [1usize, 4] {
         let mut rows = Vec::new();
         for (label, bin) in [("go", &go), ("ours", &ours)] {
@@ -176,8 +201,22 @@ fn host_local(ops: usize, scale: usize) {
         let full_dir = tmp.path().join(format!("{label}-full"));
         prefill(&full_dir.join("bench"), scale);
         let n = 30;
-        let empty = churn(bin, &host_local_conf("bench", &empty_dir, "10.128.0.0/16"), ns.path(), n, 1, "e");
-        let full = churn(bin, &host_local_conf("bench", &full_dir, "10.128.0.0/16"), ns.path(), n, 1, "f");
+        let empty = churn(
+            bin,
+            &host_local_conf("bench", &empty_dir, "10.128.0.0/16"),
+            ns.path(),
+            n,
+            1,
+            "e",
+        );
+        let full = churn(
+            bin,
+            &host_local_conf("bench", &full_dir, "10.128.0.0/16"),
+            ns.path(),
+            n,
+            1,
+            "f",
+        );
         println!(
             "  {label:<5} ADD p50 empty {:>8.2}ms  full {:>8.2}ms  (x{:.2});  DEL p50 empty {:>8.2}ms  full {:>8.2}ms",
             empty.0.median(),
