@@ -1,0 +1,323 @@
+//! The filesystem seam: reading subnet.env and the saved delegate configs under
+//! `dataDir/<containerID>` (the on-disk format the Go plugin shares: one file per
+//! container holding the exact bytes given to the delegate).
+//!
+//! [`HostFs`] is the real thing. Saved configs are written atomically (temp file, fsync,
+//! rename, fsync of the directory) because a zero-length file after a power cut used to
+//! leave pods stuck Terminating (flannel#1662, cni-plugin#43). Every access goes through a
+//! descriptor of `dataDir` opened with O_NOFOLLOW, and the per-container file is opened
+//! with O_NOFOLLOW too: the plugin runs as root and must not write through, read through
+//! or delete through a symlink planted in the directory.
+
+use nix::errno::Errno;
+use nix::fcntl::{openat, renameat, OFlag, AT_FDCWD};
+use nix::sys::stat::{fchmod, fstat, fstatat, Mode, SFlag};
+use nix::unistd::{fsync, unlinkat, UnlinkatFlags};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+
+/// Saved configs are at most the size of a network config (`cni` caps stdin at 4 MiB)
+/// plus what flannel adds; anything bigger was not written by a flannel plugin.
+pub const MAX_SAVED_BYTES: usize = cni::config::MAX_CONFIG_BYTES + 64 * 1024;
+
+pub trait Fs: Sync {
+    /// Reads at most `limit` bytes of the regular file `path`, following symlinks
+    /// (`/run/flannel` may legitimately be one). NotFound when it does not exist.
+    fn read_limited(&self, path: &Path, limit: usize) -> io::Result<Vec<u8>>;
+
+    /// Atomically replaces `dir/<id>` with `data` (0600), creating `dir` (0700) first.
+    fn save(&self, dir: &Path, id: &str, data: &[u8]) -> io::Result<()>;
+
+    /// The saved bytes of `dir/<id>`; `None` when there is no such file (or no `dir`).
+    /// A symlink, a non-regular file or an oversized file is an `InvalidData` error: it is
+    /// not a config this plugin saved.
+    fn load(&self, dir: &Path, id: &str) -> io::Result<Option<Vec<u8>>>;
+
+    /// Removes `dir/<id>` (never what a symlink there points to); absent is fine.
+    fn remove(&self, dir: &Path, id: &str) -> io::Result<()>;
+
+    /// Names of the regular files in `dir` that can be container IDs, sorted. Temp files
+    /// (leading '.') and anything else are never listed, so never touched by GC.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+}
+
+/// The real filesystem.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HostFs;
+
+fn errno(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// Opens `dir` itself with O_NOFOLLOW; `None` if it does not exist and `create` is false.
+fn open_dir(dir: &Path, create: bool) -> io::Result<Option<OwnedFd>> {
+    if create {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    match openat(AT_FDCWD, dir, flags, Mode::empty()) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(Errno::ENOENT) if !create => Ok(None),
+        Err(Errno::ELOOP) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "it is a symbolic link; refusing to follow it (point dataDir at the real directory)",
+        )),
+        Err(e) => Err(errno(e)),
+    }
+}
+
+fn read_capped(file: File, limit: usize) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    file.take(limit as u64).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+fn is_regular(mode: nix::libc::mode_t) -> bool {
+    SFlag::from_bits_truncate(mode & SFlag::S_IFMT.bits()) == SFlag::S_IFREG
+}
+
+impl Fs for HostFs {
+    fn read_limited(&self, path: &Path, limit: usize) -> io::Result<Vec<u8>> {
+        // O_NONBLOCK: a FIFO planted at the path must not hang the runtime.
+        let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+        let fd = openat(AT_FDCWD, path, flags, Mode::empty()).map_err(errno)?;
+        if !is_regular(fstat(&fd).map_err(errno)?.st_mode) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "it is not a regular file",
+            ));
+        }
+        read_capped(File::from(fd), limit)
+    }
+
+    fn save(&self, dir: &Path, id: &str, data: &[u8]) -> io::Result<()> {
+        let Some(dirfd) = open_dir(dir, true)? else {
+            return Err(io::ErrorKind::NotFound.into());
+        };
+        // A leading '.' can never start a container ID, so a temp file is never mistaken
+        // for a saved config (by us or by the Go plugin).
+        let tmp = format!(".{id}.{:016x}.tmp", rand::random::<u64>());
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd =
+            openat(&dirfd, tmp.as_str(), flags, Mode::from_bits_truncate(0o600)).map_err(errno)?;
+        let written = (|| -> io::Result<()> {
+            // The umask can only narrow 0600, but be exact: the Go plugin writes 0600.
+            fchmod(&fd, Mode::from_bits_truncate(0o600)).map_err(errno)?;
+            let mut f = File::from(fd);
+            f.write_all(data)?;
+            f.sync_all()?;
+            drop(f);
+            renameat(&dirfd, tmp.as_str(), &dirfd, id).map_err(errno)
+        })();
+        if let Err(e) = written {
+            let _ = unlinkat(&dirfd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            return Err(e);
+        }
+        fsync(&dirfd).map_err(errno)
+    }
+
+    fn load(&self, dir: &Path, id: &str) -> io::Result<Option<Vec<u8>>> {
+        let Some(dirfd) = open_dir(dir, false)? else {
+            return Ok(None);
+        };
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+        let fd = match openat(&dirfd, id, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(Errno::ELOOP) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "it is a symbolic link, not a saved config; not following it",
+                ))
+            }
+            Err(e) => return Err(errno(e)),
+        };
+        if !is_regular(fstat(&fd).map_err(errno)?.st_mode) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "it is not a regular file",
+            ));
+        }
+        let data = read_capped(File::from(fd), MAX_SAVED_BYTES + 1)?;
+        if data.len() > MAX_SAVED_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("it is larger than {MAX_SAVED_BYTES} bytes"),
+            ));
+        }
+        Ok(Some(data))
+    }
+
+    fn remove(&self, dir: &Path, id: &str) -> io::Result<()> {
+        let Some(dirfd) = open_dir(dir, false)? else {
+            return Ok(());
+        };
+        match unlinkat(&dirfd, id, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(errno(e)),
+        }
+        // Best effort: a removal lost in a crash only makes a later DEL run again, and
+        // DEL is idempotent.
+        let _ = fsync(&dirfd);
+        Ok(())
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let Some(dirfd) = open_dir(dir, false)? else {
+            return Ok(Vec::new());
+        };
+        // Dir takes ownership of its fd; list through a second descriptor of the same
+        // directory and stat entries relative to the first.
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let dupfd = openat(&dirfd, ".", flags, Mode::empty()).map_err(errno)?;
+        let mut d = nix::dir::Dir::from_fd(dupfd).map_err(errno)?;
+        let mut names = Vec::new();
+        for entry in d.iter() {
+            let entry = entry.map_err(errno)?;
+            let Ok(name) = entry.file_name().to_str() else {
+                continue;
+            };
+            if !cni::env::is_valid_id(name) || name.len() > cni::env::MAX_ID_LEN {
+                continue;
+            }
+            let st = match fstatat(&dirfd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(Errno::ENOENT) => continue,
+                Err(e) => return Err(errno(e)),
+            };
+            if is_regular(st.st_mode) {
+                names.push(name.to_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    #[test]
+    fn save_is_atomic_private_and_replaces() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("a/b/flannel");
+        HostFs.save(&dir, "c1", b"{\"type\":\"bridge\"}").unwrap();
+        HostFs.save(&dir, "c1", b"second").unwrap();
+        let meta = std::fs::metadata(dir.join("c1")).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::read(dir.join("c1")).unwrap(), b"second");
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec!["c1"], "no temp files left behind");
+        assert_eq!(HostFs.load(&dir, "c1").unwrap().unwrap(), b"second");
+    }
+
+    #[test]
+    fn missing_dir_and_file_are_none() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("nope");
+        assert_eq!(HostFs.load(&dir, "c1").unwrap(), None);
+        HostFs.remove(&dir, "c1").unwrap();
+        assert!(HostFs.list(&dir).unwrap().is_empty());
+        std::fs::create_dir(&dir).unwrap();
+        assert_eq!(HostFs.load(&dir, "c1").unwrap(), None);
+        HostFs.remove(&dir, "c1").unwrap();
+    }
+
+    #[test]
+    fn symlinks_are_never_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("flannel");
+        std::fs::create_dir(&dir).unwrap();
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("c1")).unwrap();
+
+        let e = HostFs.load(&dir, "c1").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(HostFs.list(&dir).unwrap().is_empty());
+        // Saving replaces the link itself; the target is untouched.
+        HostFs.save(&dir, "c1", b"new").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(!std::fs::symlink_metadata(dir.join("c1"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        // Removing a planted link removes the link only.
+        std::fs::remove_file(dir.join("c1")).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("c2")).unwrap();
+        HostFs.remove(&dir, "c2").unwrap();
+        assert!(victim.exists());
+
+        // A symlinked dataDir is refused rather than followed.
+        let real = t.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = t.path().join("linkdir");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert!(HostFs.save(&link, "c3", b"x").is_err());
+        assert!(!real.join("c3").exists());
+    }
+
+    #[test]
+    fn list_skips_temp_files_dirs_and_non_ids() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path();
+        for name in ["b2", "a1", ".a1.0123.tmp", "-x", "lock"] {
+            std::fs::write(dir.join(name), "x").unwrap();
+        }
+        std::fs::create_dir(dir.join("subdir")).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", dir.join("l1")).unwrap();
+        assert_eq!(HostFs.list(dir).unwrap(), vec!["a1", "b2", "lock"]);
+    }
+
+    #[test]
+    fn oversized_and_special_files_are_invalid_data() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path();
+        std::fs::write(dir.join("big"), vec![b' '; MAX_SAVED_BYTES + 1]).unwrap();
+        assert_eq!(
+            HostFs.load(dir, "big").unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        std::fs::create_dir(dir.join("d")).unwrap();
+        assert_eq!(
+            HostFs.load(dir, "d").unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+    }
+
+    #[test]
+    fn read_limited_caps_and_refuses_non_files() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("subnet.env");
+        std::fs::write(&p, "0123456789").unwrap();
+        assert_eq!(HostFs.read_limited(&p, 4).unwrap(), b"0123");
+        assert_eq!(
+            HostFs
+                .read_limited(&t.path().join("none"), 4)
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::NotFound
+        );
+        assert!(HostFs.read_limited(t.path(), 4).is_err());
+        let fifo = t.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(
+            HostFs.read_limited(&fifo, 4).is_err(),
+            "a FIFO must not block"
+        );
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+}
