@@ -12,7 +12,7 @@ pub mod skel;
 pub mod version;
 
 pub use config::{Attachment, NetConf};
-pub use delegate::{Delegator, ExecDelegator};
+pub use delegate::{Delegator, ExecDelegator, MultiCallDelegator};
 pub use env::{Command, Env, EnvMap};
 pub use error::{code, CniError};
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};

@@ -257,6 +257,29 @@ pub fn main_with(plugin: &dyn Plugin, delegator: &dyn Delegator) -> ! {
     std::process::exit(out.exit_code);
 }
 
+/// `main` of the multi-call binary: the plugin is chosen by the name it was invoked as
+/// (the runtime execs `<CNI_PATH dir>/<type>`), and delegates that are this same binary
+/// run in-process.
+pub fn multicall_main(plugins: &[&dyn Plugin]) -> ! {
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    let name = std::path::Path::new(&argv0)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    match plugins.iter().find(|p| p.name() == name) {
+        Some(plugin) => main_with(*plugin, &crate::delegate::MultiCallDelegator { plugins }),
+        None => {
+            let names: Vec<&str> = plugins.iter().map(|p| p.name()).collect();
+            eprintln!(
+                "this is the multi-call binary of flannel-cni-rs {}; install it under one of the names {:?} (hard links or symlinks) and let the runtime exec that name",
+                env!("CARGO_PKG_VERSION"),
+                names
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
 /// A panic must still produce an error JSON on stdout: libcni reports an empty stdout as
 /// "netplugin failed with no error message" (cni#732), which tells the operator nothing.
 /// The hook runs before the abort of `panic = "abort"` builds too.
