@@ -122,6 +122,9 @@ impl Drop for NetNs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Impl {
     Ours,
+    /// Ours, but a private copy of the file: delegation to it cannot run in-process, so
+    /// the exec path is what gets tested.
+    OursCopy,
     /// Debian's containernetworking-plugins (Go reference, /usr/lib/cni).
     Go,
 }
@@ -141,8 +144,28 @@ pub fn our_bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// Our plugin `name` as a runtime would find it. When the multi-call binary
+/// (`cni-plugins`) is built, `name` is a symlink to it in `<bin dir>/plugins/` (so
+/// delegation between our plugins runs in-process, as on an installed node); otherwise the
+/// single-plugin binary.
 pub fn our_binary(name: &str) -> PathBuf {
-    let p = our_bin_dir().join(name);
+    let dir = our_bin_dir();
+    let multi = dir.join("cni-plugins");
+    let p = if multi.is_file() {
+        let links = dir.join("plugins");
+        let _ = std::fs::create_dir_all(&links);
+        let link = links.join(name);
+        if std::fs::read_link(&link).map(|t| t != multi).unwrap_or(true) {
+            // Parallel test processes race here: build the link under a unique name and
+            // rename it into place.
+            let tmp = links.join(format!(".{name}.{}", unique("l")));
+            let _ = std::os::unix::fs::symlink(&multi, &tmp);
+            let _ = std::fs::rename(&tmp, &link);
+        }
+        link
+    } else {
+        dir.join(name)
+    };
     assert!(
         p.is_file(),
         "{} is missing: build the plugins first (cargo build --workspace --bins)",
@@ -249,18 +272,21 @@ impl World {
 
     /// Puts `name` into this world's CNI_PATH dir (replacing what was there).
     pub fn install(&self, name: &str, which: Impl) {
-        let src = match which {
-            Impl::Ours => our_bin_dir().join(name),
-            Impl::Go => Path::new(GO_PLUGIN_DIR).join(name),
-        };
-        if !src.is_file() {
-            // Our flannel/bridge may not exist yet in early builds; tests that need them fail
-            // at exec time with a clear message.
-            return;
-        }
         let dst = self.bin.join(name);
         let _ = std::fs::remove_file(&dst);
-        std::os::unix::fs::symlink(&src, &dst).expect("symlink plugin");
+        match which {
+            Impl::Ours => {
+                std::os::unix::fs::symlink(our_binary(name), &dst).expect("symlink plugin");
+            }
+            Impl::OursCopy => {
+                std::fs::copy(our_binary(name), &dst).expect("copy plugin");
+            }
+            Impl::Go => {
+                let src = Path::new(GO_PLUGIN_DIR).join(name);
+                assert!(src.is_file(), "{} missing: apt-get install containernetworking-plugins", src.display());
+                std::os::unix::fs::symlink(&src, &dst).expect("symlink plugin");
+            }
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
