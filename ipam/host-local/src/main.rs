@@ -1,0 +1,3 @@
+fn main() {
+    cni::skel::main(&host_local::HostLocalPlugin)
+}
