@@ -72,6 +72,29 @@ fn open_dir(dir: &Path, create: bool) -> io::Result<Option<OwnedFd>> {
     }
 }
 
+/// Removes `.<id>.*.tmp` files: what a save killed between create and rename leaves.
+/// The runtime never runs two operations for one container at once, so when that
+/// container's config is removed no save of it can be in flight.
+fn remove_stale_temps(dirfd: &OwnedFd, id: &str) {
+    let prefix = format!(".{id}.");
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let Ok(dupfd) = openat(dirfd, ".", flags, Mode::empty()) else {
+        return;
+    };
+    let Ok(mut d) = nix::dir::Dir::from_fd(dupfd) else {
+        return;
+    };
+    let stale: Vec<String> = d
+        .iter()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().ok().map(str::to_owned))
+        .filter(|n| n.starts_with(&prefix) && n.ends_with(".tmp"))
+        .collect();
+    for name in stale {
+        let _ = unlinkat(dirfd, name.as_str(), UnlinkatFlags::NoRemoveDir);
+    }
+}
+
 fn read_capped(file: File, limit: usize) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     file.take(limit as u64).read_to_end(&mut buf)?;
@@ -163,6 +186,7 @@ impl Fs for HostFs {
             Ok(()) | Err(Errno::ENOENT) => {}
             Err(e) => return Err(errno(e)),
         }
+        remove_stale_temps(&dirfd, id);
         // Best effort: a removal lost in a crash only makes a later DEL run again, and
         // DEL is idempotent.
         let _ = fsync(&dirfd);
@@ -319,5 +343,20 @@ mod tests {
             "a FIFO must not block"
         );
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    #[test]
+    fn remove_also_drops_stale_temps_of_that_container_only() {
+        let d = tempfile::tempdir().unwrap();
+        HostFs.save(d.path(), "c1", b"{}").unwrap();
+        std::fs::write(d.path().join(".c1.0123456789abcdef.tmp"), b"half").unwrap();
+        std::fs::write(d.path().join(".c2.0123456789abcdef.tmp"), b"half").unwrap();
+        HostFs.remove(d.path(), "c1").unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".c2.0123456789abcdef.tmp"]);
     }
 }

@@ -137,6 +137,8 @@ impl Plugin for Flannel<'_> {
                      release (already deleted, or ADD never got that far)",
                     path.display()
                 ));
+                // An ADD killed mid-save leaves only its temp file; this clears it.
+                let _ = self.fs.remove(dir, cid);
                 return Ok(());
             }
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
