@@ -157,15 +157,37 @@ pub fn is_this_executable(path: &Path) -> bool {
 /// answer. The child's stderr is copied to ours.
 pub fn exec_plugin(path: &Path, command: Command, stdin: &[u8], env: &Env) -> DelegateOutput {
     let mut attempt = 0;
+    let parent = std::process::id() as libc::pid_t;
     let mut child = loop {
-        let spawned = std::process::Command::new(path)
-            .env_clear()
+        let mut cmd = std::process::Command::new(path);
+        cmd.env_clear()
             .envs(&env.vars)
             .env("CNI_COMMAND", command.as_str())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn();
+            .stderr(Stdio::piped());
+        // A runtime that gives up on us (timeout, SIGKILL) must not leave our delegate
+        // running on: an orphaned ADD would finish after the runtime's DEL and leak what
+        // it created. The delegate dies with us instead, so the runtime's DEL sees a
+        // settled state.
+        //
+        // SAFETY: the closure runs in the forked child before exec; it only makes the
+        // async-signal-safe syscalls prctl(2) and getppid(2), allocates nothing and takes
+        // no locks.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // We may have died between fork and prctl: then nobody would kill the child.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+        let spawned = cmd.spawn();
         match spawned {
             Ok(c) => break c,
             Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempt < TEXT_BUSY_RETRIES => {

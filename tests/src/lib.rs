@@ -155,7 +155,10 @@ pub fn our_binary(name: &str) -> PathBuf {
         let links = dir.join("plugins");
         let _ = std::fs::create_dir_all(&links);
         let link = links.join(name);
-        if std::fs::read_link(&link).map(|t| t != multi).unwrap_or(true) {
+        if std::fs::read_link(&link)
+            .map(|t| t != multi)
+            .unwrap_or(true)
+        {
             // Parallel test processes race here: build the link under a unique name and
             // rename it into place.
             let tmp = links.join(format!(".{name}.{}", unique("l")));
@@ -283,7 +286,11 @@ impl World {
             }
             Impl::Go => {
                 let src = Path::new(GO_PLUGIN_DIR).join(name);
-                assert!(src.is_file(), "{} missing: apt-get install containernetworking-plugins", src.display());
+                assert!(
+                    src.is_file(),
+                    "{} missing: apt-get install containernetworking-plugins",
+                    src.display()
+                );
                 std::os::unix::fs::symlink(&src, &dst).expect("symlink plugin");
             }
         }
@@ -300,6 +307,18 @@ impl World {
     /// Runs plugin `name` from the CNI_PATH dir in the node namespace, as a runtime does:
     /// a clean environment of CNI_* variables plus `extra`, the config on stdin.
     pub fn exec(&self, name: &str, env: &Env, stdin: &[u8]) -> Outcome {
+        let child = self.spawn(name, env, stdin);
+        let out = child.wait_with_output().expect("wait plugin");
+        Outcome {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Starts plugin `name` like `exec` without waiting: the fault-injection tests kill it.
+    /// The returned process is the plugin itself (nsenter execs it in place).
+    pub fn spawn(&self, name: &str, env: &Env, stdin: &[u8]) -> std::process::Child {
         let mut vars: BTreeMap<String, String> = BTreeMap::new();
         vars.insert("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into());
         vars.insert("CNI_COMMAND".into(), env.command.clone());
@@ -323,17 +342,13 @@ impl World {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot exec {name}: {e}"));
         let mut si = child.stdin.take().expect("stdin");
+        // A writer thread: a hostile multi-MiB stdin must not block us while the plugin
+        // stops reading early and answers.
         let data = stdin.to_vec();
-        let writer = std::thread::spawn(move || {
+        std::thread::spawn(move || {
             let _ = si.write_all(&data);
         });
-        let out = child.wait_with_output().expect("wait plugin");
-        let _ = writer.join();
-        Outcome {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        child
     }
 }
 
