@@ -2,15 +2,29 @@
 //! (nftables, plus removal of the Go plugin's legacy iptables chains) and
 //! MAC spoof checking.
 //!
-//! [`NftFirewall`] builds libnftables JSON and applies each change as one
-//! atomic `nft -j -f -` transaction. It acts on the network namespace of the
-//! calling thread (the `nft` child inherits it). The [`Firewall`] trait lets
-//! a netlink-native implementation replace the exec later.
+//! Two implementations, interchangeable on a live node (same tables, chains,
+//! rules and comments as the Go plugins v1.6+):
+//! - [`NfnlFirewall`] (the default, see [`default_firewall`]) speaks
+//!   nf_tables netlink directly: one read and at most one atomic
+//!   transaction per operation, no process spawned.
+//! - [`NftFirewall`] builds libnftables JSON and applies each change as one
+//!   atomic `nft -j -f -` transaction; selected with
+//!   `CNI_RS_FIREWALL=nft-exec`.
+//!
+//! Both act on the network namespace of the calling thread.
 
 mod naming;
+mod nfnl;
+mod nfnl_select;
+mod nfnl_socket;
+#[cfg(test)]
+mod nfnl_testdata;
+mod nfnl_wire;
 mod nft;
 
 pub use naming::*;
+pub use nfnl::NfnlFirewall;
+pub use nfnl_select::{default_firewall, DefaultFirewall, FIREWALL_ENV};
 pub use nft::NftFirewall;
 
 use ipnet::IpNet;
