@@ -105,6 +105,9 @@ fn dispatch(plugin: &dyn Plugin, req: &Request) -> Result<Option<serde_json::Val
         Command::Status | Command::Gc => gate(Version::V1_1_0)?,
         _ => {}
     }
+    if matches!(cmd, Command::Add | Command::Check) {
+        check_is_netns(&req.env.netns)?;
+    }
     if matches!(cmd, Command::Add | Command::Check | Command::Del) {
         check_not_own_netns(req.env)?;
     }
@@ -119,6 +122,37 @@ fn dispatch(plugin: &dyn Plugin, req: &Request) -> Result<Option<serde_json::Val
         Command::Gc => plugin.gc(req).map(|_| None),
         Command::Version => Ok(None),
     }
+}
+
+/// ADD and CHECK act inside CNI_NETNS, so it must be a network namespace: refusing
+/// anything else here, before any plugin acts, means a bad path can never leave half an
+/// attachment behind (a saved config, a reservation, a veth) for DEL to find. DEL gets no
+/// such check: it must succeed when the namespace is gone or was never one.
+fn check_is_netns(path: &str) -> Result<(), CniError> {
+    use std::os::fd::AsRawFd;
+    let bad = |why: String| {
+        CniError::invalid_env(format!("CNI_NETNS {path:?} is not a network namespace: {why}"))
+    };
+    if !path.starts_with('/') {
+        return Err(bad("the path must be absolute".into()));
+    }
+    let f = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    // NS_GET_NSTYPE (`_IO(0xb7, 0x3)`, <linux/nsfs.h>) answers only on namespace files
+    // (ENOTTY elsewhere) and tells a network namespace from a mount or pid one.
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: NS_GET_NSTYPE takes no argument and writes no memory; the fd is owned by
+    // `f` and stays open for the duration of the call.
+    let kind = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if kind < 0 {
+        return Err(bad(format!(
+            "not a namespace file ({})",
+            std::io::Error::last_os_error()
+        )));
+    }
+    if kind != libc::CLONE_NEWNET {
+        return Err(bad("it is another kind of namespace".into()));
+    }
+    Ok(())
 }
 
 /// Go's skel refuses a CNI_NETNS that is the plugin's own namespace (code 8), since
@@ -335,7 +369,8 @@ mod tests {
         [
             ("CNI_COMMAND", cmd),
             ("CNI_CONTAINERID", cid),
-            ("CNI_NETNS", "/nonexistent/ns"),
+            ("CNI_NETNS", "/proc/self/ns/net"),
+            ("CNI_NETNS_OVERRIDE", "1"),
             ("CNI_IFNAME", "eth0"),
             ("CNI_PATH", "/opt/cni/bin"),
         ]
@@ -394,7 +429,7 @@ mod tests {
     #[test]
     fn own_netns_is_refused() {
         let mut env = vars("ADD", "c1");
-        env.insert("CNI_NETNS".into(), "/proc/self/ns/net".into());
+        env.remove("CNI_NETNS_OVERRIDE");
         let out = run_with(
             &Fake,
             env.clone(),
@@ -432,5 +467,25 @@ mod tests {
                 && lines[0].contains("10.0.0.2/24")
         );
         assert!(lines[1].contains("level=error") && lines[1].contains("code=11"));
+    }
+
+    #[test]
+    fn add_needs_a_network_namespace() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("f");
+        std::fs::write(&file, b"").unwrap();
+        for bad in [file.to_str().unwrap(), "/proc/self/ns/mnt", "relative", "/nonexistent/ns"] {
+            let mut env = vars("ADD", "c1");
+            env.insert("CNI_NETNS".into(), bad.into());
+            let out = run_with(&Fake, env, br#"{"cniVersion":"1.0.0","name":"n"}"#, &ExecDelegator);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(v["code"], 4, "{bad}: {v}");
+            assert!(v["msg"].as_str().unwrap().contains(bad));
+        }
+        // DEL must go through (a gone namespace is normal there).
+        let mut env = vars("DEL", "c1");
+        env.insert("CNI_NETNS".into(), "/nonexistent/ns".into());
+        let out = run_with(&Fake, env, br#"{"cniVersion":"1.0.0","name":"n"}"#, &ExecDelegator);
+        assert_eq!(out.exit_code, 0);
     }
 }

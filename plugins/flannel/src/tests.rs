@@ -197,7 +197,10 @@ fn vars(cmd: &str, cid: &str) -> EnvMap {
     if matches!(cmd, "ADD" | "DEL" | "CHECK") {
         m.insert("CNI_CONTAINERID".into(), cid.into());
         m.insert("CNI_IFNAME".into(), "eth0".into());
-        m.insert("CNI_NETNS".into(), "/nonexistent/netns/p".into());
+        // skel wants a real network namespace for ADD/CHECK; ours, with the override
+        // that lets a test use it (flannel itself never enters it).
+        m.insert("CNI_NETNS".into(), "/proc/self/ns/net".into());
+        m.insert("CNI_NETNS_OVERRIDE".into(), "1".into());
     }
     m
 }
