@@ -89,6 +89,16 @@ pub fn add(cfg: &IpamConfig, container_id: &str, ifname: &str) -> Result<AddOutp
     if !unmatched.is_empty() {
         return Err(IpamError::RequestedUnmatched { ips: unmatched });
     }
+    for (index, set) in cfg.range_sets.iter().enumerate() {
+        for &ip in &cfg.requested_ips {
+            if set.range_for(ip).is_some_and(|r| r.gateway == ip) {
+                return Err(IpamError::Allocate {
+                    index,
+                    source: Box::new(IpamError::RequestedGateway { ip }),
+                });
+            }
+        }
+    }
     let store = Store::open(&cfg.data_dir, &cfg.name)?;
 
     let mut requested = cfg.requested_ips.clone();
