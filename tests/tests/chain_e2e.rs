@@ -11,7 +11,9 @@ const V4_ENV: &str = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/2
 const DUAL_ENV: &str = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_IPV6_NETWORK=fd44::/56\nFLANNEL_IPV6_SUBNET=fd44:0:0:1::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
 
 fn example(name: &str) -> Value {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../conf-examples").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../conf-examples")
+        .join(name);
     serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
 }
 
@@ -36,7 +38,10 @@ fn install_conflist(w: &World, mut list: Value, version: Option<&str>) -> (PathB
         list["cniVersion"] = json!(v);
     }
     if !e2e::go_available("portmap") {
-        list["plugins"].as_array_mut().unwrap().retain(|p| p["type"] != "portmap");
+        list["plugins"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|p| p["type"] != "portmap");
     }
     for p in list["plugins"].as_array_mut().unwrap() {
         match p["type"].as_str() {
@@ -58,9 +63,16 @@ fn install_conflist(w: &World, mut list: Value, version: Option<&str>) -> (PathB
 }
 
 fn cnitool(w: &World, confdir: &Path, cmd: &str, net: &str, pod: &NetNs) -> (i32, String, String) {
-    let tool = std::env::var("CNITOOL")
-        .unwrap_or_else(|_| e2e::our_bin_dir().join("../cnitool").to_string_lossy().into_owned());
-    assert!(Path::new(&tool).is_file(), "cnitool missing at {tool}: scripts/test.sh builds it");
+    let tool = std::env::var("CNITOOL").unwrap_or_else(|_| {
+        e2e::our_bin_dir()
+            .join("../cnitool")
+            .to_string_lossy()
+            .into_owned()
+    });
+    assert!(
+        Path::new(&tool).is_file(),
+        "cnitool missing at {tool}: scripts/test.sh builds it"
+    );
     w.node.run(
         "env",
         &[
@@ -84,7 +96,11 @@ fn leftovers(w: &World) -> Vec<String> {
         }
     }
     for f in list_files(&w.path("ipam")) {
-        let name = Path::new(&f).file_name().unwrap().to_string_lossy().into_owned();
+        let name = Path::new(&f)
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         if name.parse::<std::net::IpAddr>().is_ok() {
             left.push(format!("reservation {f}"));
         }
@@ -92,9 +108,10 @@ fn leftovers(w: &World) -> Vec<String> {
     for f in list_files(&w.path("flannel")) {
         left.push(format!("saved config {f}"));
     }
+    // The table and its base chains stay (as with Go); per-pod rules must not.
     let (_, rules, _) = w.node.run("nft", &["list", "ruleset"]);
-    if rules.contains("masquerade") {
-        left.push(format!("nft rules {rules}"));
+    for rule in rules.lines().filter(|l| l.contains("saddr") && l.contains("masquerade")) {
+        left.push(format!("nft rule {}", rule.trim()));
     }
     left
 }
@@ -126,7 +143,12 @@ fn kube_flannel_conflist_through_cnitool_every_version() {
             assert_eq!(code, 0, "{version} add: {err}{out}");
             let v: Value = serde_json::from_str(&out).unwrap();
             assert_eq!(v["cniVersion"], version);
-            let names: Vec<&str> = v["interfaces"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+            let names: Vec<&str> = v["interfaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| i["name"].as_str().unwrap())
+                .collect();
             assert_eq!(names[0], "cni0");
             assert_eq!(names[2], "eth0");
             assert_eq!(v["interfaces"][2]["sandbox"], pod.path());
@@ -141,8 +163,9 @@ fn kube_flannel_conflist_through_cnitool_every_version() {
         let routes = a.sh("ip route");
         assert!(routes.contains("default via 10.244.1.1"), "{routes}");
         assert!(routes.contains("10.244.0.0/16 via 10.244.1.1"), "{routes}");
-        let mtu = a.sh("cat /sys/class/net/eth0/mtu");
-        assert_eq!(mtu.trim(), "1450");
+        // Not /sys/class/net: sysfs shows the namespace of whoever mounted it.
+        let link = a.sh("ip -o link show eth0");
+        assert!(link.contains("mtu 1450 "), "{link}");
         if version != "0.3.1" {
             let (code, out, err) = cnitool(&w, &dir, "check", "cbr0", &a);
             assert_eq!(code, 0, "{version} check: {err}{out}");
@@ -173,7 +196,7 @@ fn dual_stack_conflist_through_cnitool() {
     b.sh(&format!("ping -c 1 -W 2 {}", pod_ip(&res[0], true)));
     // FLANNEL_IPMASQ=false: the bridge masquerades, so the rule is there while pods live.
     let (_, rules, _) = w.node.run("nft", &["list", "ruleset"]);
-    assert!(rules.contains("masquerade"), "{rules}");
+    assert!(rules.contains("saddr 10.244.1.") && rules.contains("masquerade"), "{rules}");
     let (code, out, err) = cnitool(&w, &dir, "check", "cbr0", &a);
     assert_eq!(code, 0, "check: {err}{out}");
     for pod in [&a, &b] {
@@ -204,33 +227,60 @@ fn cni_1_1_conflist_as_a_1_1_runtime_drives_it() {
     let (_, list) = install_conflist(&w, example("10-flannel-cni1.1.conflist"), None);
     let (keep, stale) = (NetNs::new(), NetNs::new());
     let plain = plugin_stdin(&list, &[]);
-    let r_keep = w.exec("flannel", &Env::new("ADD", "keep", keep.path()), &plain).ok().json();
+    let r_keep = w
+        .exec("flannel", &Env::new("ADD", "keep", keep.path()), &plain)
+        .ok()
+        .json();
     assert_eq!(r_keep["cniVersion"], "1.1.0");
-    let r_stale = w.exec("flannel", &Env::new("ADD", "stale", stale.path()), &plain).ok().json();
+    let r_stale = w
+        .exec("flannel", &Env::new("ADD", "stale", stale.path()), &plain)
+        .ok()
+        .json();
     keep.sh(&format!("ping -c 1 -W 2 {}", pod_ip(&r_stale, false)));
     let check = plugin_stdin(&list, &[("prevResult", r_keep.clone())]);
-    w.exec("flannel", &Env::new("CHECK", "keep", keep.path()), &check).ok();
+    w.exec("flannel", &Env::new("CHECK", "keep", keep.path()), &check)
+        .ok();
     let status_env = Env::new("STATUS", "", "").ifname("");
     w.exec("flannel", &status_env, &plain).ok();
     // The stale pod's namespace dies without a DEL (a crashed runtime); GC reclaims it.
     drop(stale);
     let valid = json!([{"containerID": "keep", "ifname": "eth0"}]);
-    let gc = plugin_stdin(&list, &[("cni.dev/valid-attachments", valid.clone()), ("cni.dev/attachments", valid)]);
-    w.exec("flannel", &Env::new("GC", "", "").ifname(""), &gc).ok();
+    let gc = plugin_stdin(
+        &list,
+        &[
+            ("cni.dev/valid-attachments", valid.clone()),
+            ("cni.dev/attachments", valid),
+        ],
+    );
+    w.exec("flannel", &Env::new("GC", "", "").ifname(""), &gc)
+        .ok();
     let left = list_files(&w.path("ipam"));
     let owners: Vec<String> = left
         .iter()
-        .filter(|f| Path::new(f).file_name().unwrap().to_string_lossy().parse::<std::net::IpAddr>().is_ok())
+        .filter(|f| {
+            Path::new(f)
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .parse::<std::net::IpAddr>()
+                .is_ok()
+        })
         .map(|f| std::fs::read_to_string(w.path("ipam").join(f)).unwrap())
         .collect();
-    assert_eq!(owners, ["keep\r\neth0"], "GC must keep exactly the valid attachment");
+    assert_eq!(
+        owners,
+        ["keep\r\neth0"],
+        "GC must keep exactly the valid attachment"
+    );
     assert_eq!(list_files(&w.path("flannel")), ["keep"]);
     // STATUS turns 50 when subnet.env goes away; DEL still works without it.
     std::fs::remove_file(w.path("run/flannel/subnet.env")).unwrap();
     w.exec("flannel", &status_env, &plain).err(50);
     let del = plugin_stdin(&list, &[("prevResult", r_keep)]);
-    w.exec("flannel", &Env::new("DEL", "keep", keep.path()), &del).ok();
-    w.exec("flannel", &Env::new("DEL", "keep", keep.path()), &del).ok();
+    w.exec("flannel", &Env::new("DEL", "keep", keep.path()), &del)
+        .ok();
+    w.exec("flannel", &Env::new("DEL", "keep", keep.path()), &del)
+        .ok();
     assert_eq!(leftovers(&w), Vec::<String>::new());
 }
 
@@ -244,14 +294,23 @@ fn standalone_bridge_conflist() {
     list["plugins"][0]["bridge"] = json!("cni0");
     let pod = NetNs::new();
     let stdin = plugin_stdin(&list, &[]);
-    let r = w.exec("bridge", &Env::new("ADD", "solo", pod.path()), &stdin).ok().json();
+    let r = w
+        .exec("bridge", &Env::new("ADD", "solo", pod.path()), &stdin)
+        .ok()
+        .json();
     assert_eq!(r["ips"].as_array().unwrap().len(), 2);
     pod.sh("ping -c 1 -W 2 10.22.0.1");
     let (_, rules, _) = w.node.run("nft", &["list", "ruleset"]);
-    assert!(rules.contains("masquerade") && rules.contains("id: solo"), "{rules}");
+    assert!(
+        rules.contains("masquerade") && rules.contains("id: solo"),
+        "{rules}"
+    );
     let with_prev = plugin_stdin(&list, &[("prevResult", r)]);
-    w.exec("bridge", &Env::new("CHECK", "solo", pod.path()), &with_prev).ok();
-    w.exec("bridge", &Env::new("STATUS", "", "").ifname(""), &stdin).ok();
-    w.exec("bridge", &Env::new("DEL", "solo", pod.path()), &with_prev).ok();
+    w.exec("bridge", &Env::new("CHECK", "solo", pod.path()), &with_prev)
+        .ok();
+    w.exec("bridge", &Env::new("STATUS", "", "").ifname(""), &stdin)
+        .ok();
+    w.exec("bridge", &Env::new("DEL", "solo", pod.path()), &with_prev)
+        .ok();
     assert_eq!(leftovers(&w), Vec::<String>::new());
 }
