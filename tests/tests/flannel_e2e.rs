@@ -354,8 +354,10 @@ fn status_and_gc_are_forwarded_and_gc_removes_stale_pods() {
     add(&w, "1.1.0", "keep", &keep);
     add(&w, "1.1.0", "gone", &gone);
     assert_eq!(reservations(&w).len(), 2);
-    // A temp file of an interrupted write is never touched.
+    // Temp files of interrupted writes: a stale container's go with its config, a live
+    // container's are left alone (its save may be in flight).
     std::fs::write(w.path("flannel/.gone.0000.tmp"), "x").unwrap();
+    std::fs::write(w.path("flannel/.keep.0000.tmp"), "x").unwrap();
 
     let mut c: serde_json::Value = serde_json::from_str(&conf(&w, "1.1.0")).unwrap();
     let valid = json!([{"containerID": "keep", "ifname": "eth0"}]);
@@ -369,7 +371,8 @@ fn status_and_gc_are_forwarded_and_gc_removes_stale_pods() {
 
     assert!(saved_path(&w, "keep").exists());
     assert!(!saved_path(&w, "gone").exists());
-    assert!(w.path("flannel/.gone.0000.tmp").exists());
+    assert!(!w.path("flannel/.gone.0000.tmp").exists());
+    assert!(w.path("flannel/.keep.0000.tmp").exists());
     let left = reservations(&w);
     assert_eq!(left.len(), 1, "{left:?}");
     let content = std::fs::read_to_string(w.path("networks/cbr0").join(&left[0])).unwrap();
