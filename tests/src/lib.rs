@@ -358,6 +358,59 @@ impl Default for World {
     }
 }
 
+/// The upstream cnitool (libcni 1.1.2): `CNITOOL`, else `target/cnitool` where
+/// `scripts/test.sh` builds it.
+pub fn cnitool_path() -> PathBuf {
+    std::env::var_os("CNITOOL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| our_bin_dir().join("../cnitool"))
+}
+
+impl World {
+    /// Runs `cnitool CMD NET POD` as a runtime would, inside the node namespace, with
+    /// NETCONFPATH=`confdir` and this world's CNI_PATH. libcni keeps a result cache in
+    /// /var/lib/cni/results; a private mount namespace with the world's `varlib` dir
+    /// bound over /var/lib keeps that cache inside the world.
+    pub fn cnitool(
+        &self,
+        confdir: &Path,
+        cmd: &str,
+        net: &str,
+        pod: &NetNs,
+    ) -> (i32, String, String) {
+        let tool = cnitool_path();
+        assert!(
+            tool.is_file(),
+            "cnitool missing at {}: scripts/test.sh builds it",
+            tool.display()
+        );
+        let varlib = self.path("varlib");
+        std::fs::create_dir_all(&varlib).expect("mkdir varlib");
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.node.path()))
+            .args(["--", "unshare", "--mount", "--propagation", "private", "--"])
+            .args([
+                "sh",
+                "-c",
+                r#"mount --bind "$1" /var/lib && shift && exec "$@""#,
+                "cnitool-sandbox",
+            ])
+            .arg(&varlib)
+            .arg("env")
+            .arg(format!("NETCONFPATH={}", confdir.display()))
+            .arg(format!("CNI_PATH={}", self.bin.display()))
+            .arg(&tool)
+            .args([cmd, net, pod.path()])
+            .output()
+            .expect("run cnitool");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
 /// The CNI_* parameters of one invocation.
 #[derive(Debug, Clone, Default)]
 pub struct Env {

@@ -499,28 +499,8 @@ fn our_pod_is_deleted_by_go() {
     assert!(!pod.links().contains(&"eth0".to_string()));
 }
 
-fn cnitool_path() -> String {
-    std::env::var("CNITOOL").unwrap_or_else(|_| "/work/main/target/cnitool".to_owned())
-}
-
-/// Runs cnitool in the node namespace and in a private mount namespace whose /var/lib is
-/// the World's `varlib` dir, so libcni's result cache (/var/lib/cni/results) stays there.
 fn cnitool(w: &World, confdir: &Path, cmd: &str, pod: &NetNs) -> (i32, String, String) {
-    let tool = cnitool_path();
-    assert!(Path::new(&tool).is_file(), "cnitool missing at {tool}");
-    let varlib = w.path("varlib");
-    std::fs::create_dir_all(&varlib).unwrap();
-    let script = format!(
-        "mount --bind '{}' /var/lib && exec env NETCONFPATH='{}' CNI_PATH='{}' '{tool}' {cmd} {NET} '{}'",
-        varlib.display(),
-        confdir.display(),
-        w.bin.display(),
-        pod.path()
-    );
-    w.node.run(
-        "unshare",
-        &["--mount", "--propagation", "private", "sh", "-c", &script],
-    )
+    w.cnitool(confdir, cmd, NET, pod)
 }
 
 #[test]

@@ -63,27 +63,7 @@ fn install_conflist(w: &World, mut list: Value, version: Option<&str>) -> (PathB
 }
 
 fn cnitool(w: &World, confdir: &Path, cmd: &str, net: &str, pod: &NetNs) -> (i32, String, String) {
-    let tool = std::env::var("CNITOOL").unwrap_or_else(|_| {
-        e2e::our_bin_dir()
-            .join("../cnitool")
-            .to_string_lossy()
-            .into_owned()
-    });
-    assert!(
-        Path::new(&tool).is_file(),
-        "cnitool missing at {tool}: scripts/test.sh builds it"
-    );
-    w.node.run(
-        "env",
-        &[
-            &format!("NETCONFPATH={}", confdir.display()),
-            &format!("CNI_PATH={}", w.bin.display()),
-            &tool,
-            cmd,
-            net,
-            pod.path(),
-        ],
-    )
+    w.cnitool(confdir, cmd, net, pod)
 }
 
 /// What is left on the node after every pod is gone: veths, reservations, saved configs,
@@ -110,7 +90,10 @@ fn leftovers(w: &World) -> Vec<String> {
     }
     // The table and its base chains stay (as with Go); per-pod rules must not.
     let (_, rules, _) = w.node.run("nft", &["list", "ruleset"]);
-    for rule in rules.lines().filter(|l| l.contains("saddr") && l.contains("masquerade")) {
+    for rule in rules
+        .lines()
+        .filter(|l| l.contains("saddr") && l.contains("masquerade"))
+    {
         left.push(format!("nft rule {}", rule.trim()));
     }
     left
@@ -196,7 +179,10 @@ fn dual_stack_conflist_through_cnitool() {
     b.sh(&format!("ping -c 1 -W 2 {}", pod_ip(&res[0], true)));
     // FLANNEL_IPMASQ=false: the bridge masquerades, so the rule is there while pods live.
     let (_, rules, _) = w.node.run("nft", &["list", "ruleset"]);
-    assert!(rules.contains("saddr 10.244.1.") && rules.contains("masquerade"), "{rules}");
+    assert!(
+        rules.contains("saddr 10.244.1.") && rules.contains("masquerade"),
+        "{rules}"
+    );
     let (code, out, err) = cnitool(&w, &dir, "check", "cbr0", &a);
     assert_eq!(code, 0, "check: {err}{out}");
     for pod in [&a, &b] {

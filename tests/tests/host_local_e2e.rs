@@ -5,7 +5,6 @@
 use e2e::{json, list_files, Env, Impl, NetNs, World};
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 
 fn conf(w: &World, version: &str, ranges: Value) -> String {
     json!({
@@ -469,21 +468,9 @@ fn go_interop_on_one_data_dir() {
     assert_eq!(after["ips"][0]["address"], "10.16.0.6/24");
 }
 
-fn cnitool() -> String {
-    std::env::var("CNITOOL").unwrap_or_else(|_| {
-        let p = e2e::our_bin_dir().join("../cnitool");
-        p.to_string_lossy().into_owned()
-    })
-}
-
 /// host-local driven by the real libcni (cnitool 1.1.2) as the single plugin of a list.
 #[test]
 fn through_cnitool() {
-    let tool = cnitool();
-    assert!(
-        Path::new(&tool).is_file(),
-        "cnitool missing at {tool}: run scripts/test.sh (it builds it)"
-    );
     let w = World::with_plugins(&[("host-local", Impl::Ours)]);
     let pod = NetNs::new();
     let confdir = w.path("net.d");
@@ -495,19 +482,7 @@ fn through_cnitool() {
             "plugins": [{"type": "host-local", "ipam": {"type": "host-local", "ranges": v4("10.17.0.0/24"), "dataDir": w.path_str("ipam")}}]
         });
         std::fs::write(confdir.join("10-hl.conflist"), list.to_string()).unwrap();
-        let run = |cmd: &str| {
-            w.node.run(
-                "env",
-                &[
-                    &format!("NETCONFPATH={}", confdir.display()),
-                    &format!("CNI_PATH={}", w.bin.display()),
-                    &tool,
-                    cmd,
-                    "hlnet",
-                    pod.path(),
-                ],
-            )
-        };
+        let run = |cmd: &str| w.cnitool(&confdir, cmd, "hlnet", &pod);
         let (code, out, err) = run("add");
         assert_eq!(code, 0, "cnitool add {ver}: {err}{out}");
         let v: Value = serde_json::from_str(&out).unwrap();
