@@ -23,6 +23,13 @@ pub trait Delegator {
         stdin: &[u8],
         env: &Env,
     ) -> DelegateOutput;
+
+    /// Checks, without running it, that `plugin_type` can be delegated to, so a plugin can
+    /// refuse a request before it creates anything. The default (fakes) says yes.
+    fn preflight(&self, plugin_type: &str, env: &Env) -> Result<(), CniError> {
+        let _ = (plugin_type, env);
+        Ok(())
+    }
 }
 
 /// ADD through a delegate, its result read in whatever version it printed.
@@ -103,6 +110,10 @@ impl Delegator for ExecDelegator {
         let path = find_plugin(plugin_type, &env.path)?;
         exec_plugin(&path, command, stdin, env)
     }
+
+    fn preflight(&self, plugin_type: &str, env: &Env) -> Result<(), CniError> {
+        find_plugin(plugin_type, &env.path).map(|_| ())
+    }
 }
 
 /// Delegation for the multi-call binary: when the plugin found in `CNI_PATH` is this very
@@ -135,6 +146,10 @@ impl Delegator for MultiCallDelegator<'_> {
             }
             _ => exec_plugin(&path, command, stdin, env),
         }
+    }
+
+    fn preflight(&self, plugin_type: &str, env: &Env) -> Result<(), CniError> {
+        find_plugin(plugin_type, &env.path).map(|_| ())
     }
 }
 

@@ -131,7 +131,9 @@ fn dispatch(plugin: &dyn Plugin, req: &Request) -> Result<Option<serde_json::Val
 fn check_is_netns(path: &str) -> Result<(), CniError> {
     use std::os::fd::AsRawFd;
     let bad = |why: String| {
-        CniError::invalid_env(format!("CNI_NETNS {path:?} is not a network namespace: {why}"))
+        CniError::invalid_env(format!(
+            "CNI_NETNS {path:?} is not a network namespace: {why}"
+        ))
     };
     if !path.starts_with('/') {
         return Err(bad("the path must be absolute".into()));
@@ -474,10 +476,20 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let file = d.path().join("f");
         std::fs::write(&file, b"").unwrap();
-        for bad in [file.to_str().unwrap(), "/proc/self/ns/mnt", "relative", "/nonexistent/ns"] {
+        for bad in [
+            file.to_str().unwrap(),
+            "/proc/self/ns/mnt",
+            "relative",
+            "/nonexistent/ns",
+        ] {
             let mut env = vars("ADD", "c1");
             env.insert("CNI_NETNS".into(), bad.into());
-            let out = run_with(&Fake, env, br#"{"cniVersion":"1.0.0","name":"n"}"#, &ExecDelegator);
+            let out = run_with(
+                &Fake,
+                env,
+                br#"{"cniVersion":"1.0.0","name":"n"}"#,
+                &ExecDelegator,
+            );
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             assert_eq!(v["code"], 4, "{bad}: {v}");
             assert!(v["msg"].as_str().unwrap().contains(bad));
@@ -485,7 +497,12 @@ mod tests {
         // DEL must go through (a gone namespace is normal there).
         let mut env = vars("DEL", "c1");
         env.insert("CNI_NETNS".into(), "/nonexistent/ns".into());
-        let out = run_with(&Fake, env, br#"{"cniVersion":"1.0.0","name":"n"}"#, &ExecDelegator);
+        let out = run_with(
+            &Fake,
+            env,
+            br#"{"cniVersion":"1.0.0","name":"n"}"#,
+            &ExecDelegator,
+        );
         assert_eq!(out.exit_code, 0);
     }
 }

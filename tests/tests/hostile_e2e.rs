@@ -606,7 +606,9 @@ fn flannel_specific(w: &World, pod: &str, out: &mut Vec<Case>) {
             plugin: "flannel",
             env: add.clone(),
             stdin: v.to_string().into_bytes(),
-            code: 7,
+            // A damaged subnet.env is the node's fault, not the request's: 999 as in Go,
+            // with the file, line and key named.
+            code: 999,
         });
     }
     let mut v = base.clone();
@@ -616,7 +618,7 @@ fn flannel_specific(w: &World, pod: &str, out: &mut Vec<Case>) {
         plugin: "flannel",
         env: add.clone(),
         stdin: v.to_string().into_bytes(),
-        code: 7,
+        code: 999,
     });
 }
 

@@ -44,6 +44,10 @@ pub fn add(sys: &dyn System, req: &Request) -> Result<CniResult, CniError> {
     let conf = BridgeConf::parse(req.conf, &req.env.args).map_err(BridgeError::from)?;
     conf.validate_for_add().map_err(BridgeError::from)?;
     let prev = req.conf.prev_result().map_err(BridgeError::PrevResult)?;
+    // A missing or misnamed IPAM plugin is found out before anything is created.
+    if let Some(ipam) = &conf.ipam_type {
+        req.delegator.preflight(ipam, req.env)?;
+    }
     // Opened first: a bad CNI_NETNS must leave nothing behind, not even a new bridge.
     let mut pod = open_pod(sys, &req.env.netns)?;
     let mut host = sys.host_netlink().map_err(|e| {

@@ -19,18 +19,19 @@ fn fail(msg: String) -> BridgeError {
 fn check_inner(sys: &dyn System, req: &Request) -> Result<(), BridgeError> {
     let env = req.env;
     let conf = BridgeConf::parse(req.conf, &env.args)?;
-    let mut pod = open_pod(sys, &env.netns)?;
-    // The Go plugin asks IPAM first, even in L2 mode (where it then fails looking for a
-    // plugin named ""); without IPAM there is nothing to ask.
-    if let Some(ipam) = &conf.ipam_type {
-        delegate_simple(req.delegator, ipam, Command::Check, req.stdin, env)
-            .map_err(BridgeError::Ipam)?;
-    }
+    // An unreadable or missing prevResult is the runtime's input error: say so before
+    // asking anyone else (Go asks IPAM first and reports whatever IPAM thinks).
     let result = req
         .conf
         .prev_result()
         .map_err(BridgeError::PrevResult)?
         .ok_or(BridgeError::PrevResultMissing)?;
+    let mut pod = open_pod(sys, &env.netns)?;
+    // Without IPAM there is nothing to ask (Go fails looking for a plugin named "").
+    if let Some(ipam) = &conf.ipam_type {
+        delegate_simple(req.delegator, ipam, Command::Check, req.stdin, env)
+            .map_err(BridgeError::Ipam)?;
+    }
 
     let empty = Interface::default();
     let br_entry = result

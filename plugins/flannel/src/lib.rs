@@ -75,6 +75,9 @@ impl Plugin for Flannel<'_> {
         let env = subnet_env::load(self.fs, &conf.locations.subnet_file)
             .map_err(FlannelError::SubnetEnv)?;
         let delegate = delegate_conf::build(&conf, &env)?;
+        // A delegate that cannot be found is refused before anything is saved: the saved
+        // config could never be replayed to it either.
+        req.delegator.preflight(&delegate.plugin_type, req.env)?;
         let bytes = delegate.to_bytes();
         let cid = &req.env.container_id;
         let dir = &conf.locations.data_dir;
