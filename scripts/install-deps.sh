@@ -10,6 +10,8 @@ pkgs=(
   iptables                      # removal of the Go plugin's legacy CNI-* chains; Go bridge's masq
   containernetworking-plugins   # the Go reference bridge/host-local in /usr/lib/cni
   jq
+  etcd-server                   # etcd v3 for the overlay agent's store tests (started by the tests, in namespaces)
+  etcd-client                   # etcdctl: the tests write leases as an operator or real flanneld would
   iputils-ping
   golang-go                     # builds the upstream cnitool (../shared/tools/build-cnitool.sh)
   golang-github-appc-cni-dev
@@ -22,4 +24,9 @@ if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# etcd-server's package enables a system etcd on localhost; the tests start their own
+# inside their namespaces, so keep the system one off where systemd runs it.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled etcd >/dev/null 2>&1; then
+  systemctl disable --now etcd >/dev/null 2>&1 || true
 fi

@@ -15,9 +15,9 @@ pub mod config;
 pub mod dns;
 pub mod error;
 pub mod ids;
+mod plugin;
 pub mod range;
 pub mod store;
-mod plugin;
 
 pub use plugin::HostLocalPlugin;
 

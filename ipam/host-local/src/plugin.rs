@@ -16,7 +16,11 @@ impl From<IpamError> for CniError {
 
 fn config(req: &Request) -> Result<IpamConfig, CniError> {
     let whole = Value::Object(req.conf.raw.clone());
-    Ok(IpamConfig::parse(&whole, &req.conf.cni_version, req.env.args.get("IP"))?)
+    Ok(IpamConfig::parse(
+        &whole,
+        &req.conf.cni_version,
+        req.env.args.get("IP"),
+    )?)
 }
 
 impl Plugin for HostLocalPlugin {
@@ -31,8 +35,9 @@ impl Plugin for HostLocalPlugin {
             .routes
             .iter()
             .map(|r| {
-                serde_json::from_value::<cni::Route>(r.clone())
-                    .map_err(|e| CniError::invalid_config(format!("invalid ipam.routes entry {r}: {e}")))
+                serde_json::from_value::<cni::Route>(r.clone()).map_err(|e| {
+                    CniError::invalid_config(format!("invalid ipam.routes entry {r}: {e}"))
+                })
             })
             .collect::<Result<Vec<_>, _>>();
         let routes = match routes {

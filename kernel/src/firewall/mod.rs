@@ -12,7 +12,11 @@
 //!   `CNI_RS_FIREWALL=nft-exec`.
 //!
 //! Both act on the network namespace of the calling thread.
+//!
+//! The overlay agent's own rules (ip-masq and FORWARD accept for the cluster network)
+//! are in `agent_rules` ([`AgentFirewall`], [`NftAgentFirewall`]).
 
+mod agent_rules;
 mod naming;
 mod nfnl;
 mod nfnl_select;
@@ -22,6 +26,7 @@ mod nfnl_testdata;
 mod nfnl_wire;
 mod nft;
 
+pub use agent_rules::{AgentFirewall, AgentRules, NftAgentFirewall};
 pub use naming::*;
 pub use nfnl::NfnlFirewall;
 pub use nfnl_select::{default_firewall, DefaultFirewall, FIREWALL_ENV};

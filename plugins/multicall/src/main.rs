@@ -4,5 +4,9 @@
 //! `cni::delegate::MultiCallDelegator`).
 
 fn main() {
-    cni::skel::multicall_main(&[&flannel::FlannelPlugin, &bridge::BridgePlugin, &host_local::HostLocalPlugin])
+    cni::skel::multicall_main(&[
+        &flannel::FlannelPlugin,
+        &bridge::BridgePlugin,
+        &host_local::HostLocalPlugin,
+    ])
 }
