@@ -64,7 +64,7 @@ plugin_conf() { jq -c '.plugins[0] + {name: .name, cniVersion: .cniVersion}' "$C
 cni() { # COMMAND CONTAINERID NETNS
   plugin_conf | env -i PATH="$PATH" CNI_COMMAND="$1" CNI_CONTAINERID="$2" CNI_NETNS="$3" \
     CNI_IFNAME=eth0 CNI_PATH="$BIN" CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME=$2" \
-    "$BIN/flannel"
+    "$BIN/flannel" 2>>"$T/plugins.stderr" # the plugins' logs, as a runtime keeps them
 }
 
 declare -A ip
@@ -139,7 +139,7 @@ node_cni() { # NODE COMMAND CONTAINERID NETNS: the same chain, with the node's o
   plugin_conf | jq -c --arg sf "$T/$1/subnet.env" --arg dd "$T/$1/cni/flannel" --arg ipd "$T/$1/cni/networks" \
     '. + {subnetFile: $sf, dataDir: $dd, ipam: {dataDir: $ipd}}' |
     ip netns exec "$1" env -i PATH="$PATH" CNI_COMMAND="$2" CNI_CONTAINERID="$3" CNI_NETNS="$4" \
-      CNI_IFNAME=eth0 CNI_PATH="$BIN" CNI_ARGS="IgnoreUnknown=1" "$BIN/flannel"
+      CNI_IFNAME=eth0 CNI_PATH="$BIN" CNI_ARGS="IgnoreUnknown=1" "$BIN/flannel" 2>>"$T/plugins.stderr"
 }
 declare -A pod_ip
 for n in node-a node-b; do
