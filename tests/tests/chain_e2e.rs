@@ -300,3 +300,110 @@ fn standalone_bridge_conflist() {
         .ok();
     assert_eq!(leftovers(&w), Vec::<String>::new());
 }
+
+/// The operator's trail: `logFile` on flannel gives one line per invocation of every
+/// plugin of the chain, with command, container, ifname, network, outcome and duration.
+#[test]
+fn invocation_log_covers_the_whole_chain() {
+    let w = node();
+    write_subnet_env(&w, V4_ENV);
+    let (_, mut list) = install_conflist(&w, example("10-flannel-cni1.1.conflist"), None);
+    let log = w.path("cni.log");
+    list["plugins"][0]["logFile"] = json!(log.to_string_lossy());
+    let pod = NetNs::new();
+    let stdin = plugin_stdin(&list, &[]);
+    w.exec("flannel", &Env::new("ADD", "logged", pod.path()), &stdin)
+        .ok();
+    w.exec("flannel", &Env::new("DEL", "logged", pod.path()), &stdin)
+        .ok();
+    let missing = Env::new("ADD", "broken", "/nonexistent/netns");
+    w.exec("flannel", &missing, &stdin).err(4);
+    let text = std::fs::read_to_string(&log).unwrap();
+    for plugin in ["flannel", "bridge", "host-local"] {
+        for cmd in ["ADD", "DEL"] {
+            let needle =
+                format!("plugin={plugin} cmd={cmd} net=cbr0 cid=\"logged\" ifname=\"eth0\"");
+            let line = text.lines().find(|l| l.contains(&needle));
+            let line = line.unwrap_or_else(|| panic!("no line for {needle} in\n{text}"));
+            assert!(
+                line.contains("result=ok") && line.contains("duration_ms="),
+                "{line}"
+            );
+        }
+    }
+    assert!(
+        text.lines().any(|l| l.contains("plugin=flannel cmd=ADD")
+            && l.contains("cid=\"broken\"")
+            && l.contains("result=error code=4")),
+        "{text}"
+    );
+}
+
+/// scripts/install.sh as an operator runs it: one file, three hard links, a conflist;
+/// a re-install replaces the files by rename; --uninstall removes exactly what it put.
+#[test]
+fn install_script_installs_atomically_and_uninstalls() {
+    let w = World::new();
+    let from = e2e::our_bin_dir();
+    assert!(
+        from.join("cni-plugins").is_file(),
+        "build the multi-call binary first"
+    );
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let (bin, conf) = (w.path("opt/cni/bin"), w.path("etc/cni/net.d"));
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(bin.join("portmap"), b"someone else's plugin").unwrap();
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(root.join("scripts/install.sh"))
+            .args([
+                "--bin-dir",
+                bin.to_str().unwrap(),
+                "--conf-dir",
+                conf.to_str().unwrap(),
+            ])
+            .args(["--from", from.to_str().unwrap()])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[]);
+    use std::os::unix::fs::MetadataExt;
+    let inode = |p: &str| std::fs::metadata(bin.join(p)).unwrap().ino();
+    assert_eq!(inode("flannel"), inode("bridge"));
+    assert_eq!(inode("bridge"), inode("host-local"));
+    assert!(conf.join("10-flannel.conflist").is_file());
+    let before = inode("flannel");
+    // A runtime holding the old binary open keeps it: the upgrade is a rename, not a rewrite.
+    let held = std::fs::File::open(bin.join("flannel")).unwrap();
+    run(&[]);
+    assert_ne!(
+        inode("flannel"),
+        before,
+        "re-install must replace by rename"
+    );
+    assert_eq!(held.metadata().unwrap().ino(), before);
+    let left: Vec<String> = std::fs::read_dir(&bin)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        left.iter().all(|n| !n.starts_with('.')),
+        "temp files left: {left:?}"
+    );
+    run(&["--uninstall"]);
+    assert!(
+        !bin.join("flannel").exists()
+            && !bin.join("bridge").exists()
+            && !bin.join("host-local").exists()
+    );
+    assert!(
+        bin.join("portmap").exists(),
+        "uninstall must leave other plugins alone"
+    );
+    assert!(!conf.join("10-flannel.conflist").exists());
+}

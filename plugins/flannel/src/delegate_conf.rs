@@ -35,6 +35,12 @@ pub fn build(conf: &FlannelConf, env: &SubnetEnv) -> Result<DelegateConf, Flanne
         d.insert("runtimeConfig".into(), Value::Object(rc.clone()));
     }
     d.insert("name".into(), Value::String(conf.name.clone()));
+    // The invocation log follows the chain: bridge and host-local read the delegate
+    // config, so an operator who sets logFile on flannel gets a line from every plugin.
+    // Absent by default, so the default delegate stays byte-identical to Go's.
+    for (k, v) in &conf.log_keys {
+        d.entry(k.clone()).or_insert_with(|| v.clone());
+    }
     d.entry("type")
         .or_insert_with(|| Value::String(DEFAULT_TYPE.into()));
     // flanneld masquerades itself when started with --ip-masq; otherwise the bridge must.

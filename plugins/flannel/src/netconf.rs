@@ -42,6 +42,8 @@ pub struct FlannelConf {
     pub delegate: Map<String, Value>,
     pub ipam: Option<Map<String, Value>>,
     pub runtime_config: Option<Map<String, Value>>,
+    /// `logFile`/`logLevel` of the flannel config (the invocation log, see `cni::log`).
+    pub log_keys: Map<String, Value>,
 }
 
 impl FlannelConf {
@@ -65,6 +67,10 @@ impl FlannelConf {
             delegate,
             ipam: object_key(conf, "ipam")?,
             runtime_config: object_key(conf, "runtimeConfig")?,
+            log_keys: ["logFile", "logLevel"]
+                .iter()
+                .filter_map(|k| Some((k.to_string(), conf.get(k)?.clone())))
+                .collect(),
         })
     }
 }
