@@ -718,28 +718,10 @@ fn file_size(p: &Path) -> u64 {
         .len()
 }
 
-/// `YYYY-MM-DD hh:mm:ss UTC` (days to civil date after H. Hinnant's algorithm).
+/// `YYYY-MM-DD hh:mm:ss UTC`, from the invocation log's timestamp formatter.
 fn utc_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let t = cni::log::rfc3339(std::time::SystemTime::now());
+    format!("{} {} UTC", &t[..10], &t[11..19])
 }
 
 fn read_trim(p: &str) -> String {
