@@ -17,8 +17,8 @@ if [ "${1:-}" != "--inside" ]; then
   [ "$(id -u)" = 0 ] || { echo "demo.sh must run as root (it creates network namespaces)" >&2; exit 1; }
   "$here/scripts/install-deps.sh"
   if [ -z "${DEMO_BIN_DIR:-}" ]; then
-    echo "== building release binaries"
-    (cd "$here" && cargo build --release --workspace --bins --quiet)
+    echo "== building the release binaries (the multi-call plugin binary and flanneld)"
+    (cd "$here" && cargo build --release --quiet -p multicall -p flanneld-rs)
   fi
   # A new network namespace is the node; a private mount namespace keeps /run/netns
   # (where `ip netns add` puts the pods) and everything mounted here out of the machine's view.
