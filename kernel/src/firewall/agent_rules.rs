@@ -12,16 +12,14 @@
 //! [`AgentFirewall::sync_agent_rules`] verifies order, duplicates and content with one
 //! `nft -j list` and rewrites the table in one transaction only when it differs.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 
 use super::naming::sha512_hex;
 use super::NftFirewall;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Table (family `ip`) holding the agent's chains.
 pub const AGENT_TABLE: &str = "flannel-ipv4";
@@ -57,7 +55,8 @@ pub trait AgentFirewall {
 /// [`AgentFirewall`] through the `nft` binary.
 #[derive(Debug, Clone)]
 pub struct NftAgentFirewall {
-    program: PathBuf,
+    /// The same `nft -j` plumbing (spawn, transaction, error text) the CNI rules use.
+    nft: NftFirewall,
 }
 
 impl Default for NftAgentFirewall {
@@ -276,80 +275,25 @@ impl NftAgentFirewall {
     /// Uses the same `nft` binary [`NftFirewall`] finds.
     pub fn new() -> Self {
         NftAgentFirewall {
-            program: NftFirewall::new().program().to_path_buf(),
+            nft: NftFirewall::new(),
         }
     }
 
     pub fn with_program(program: impl Into<PathBuf>) -> Self {
         NftAgentFirewall {
-            program: program.into(),
-        }
-    }
-
-    fn failure(&self, op: &'static str, status: &std::process::ExitStatus, stderr: &[u8]) -> Error {
-        Error::Nft {
-            op,
-            program: self.program.display().to_string(),
-            status: status.to_string(),
-            stderr: String::from_utf8_lossy(stderr).trim().to_owned(),
-        }
-    }
-
-    fn spawn_error(&self, op: &'static str, source: std::io::Error) -> Error {
-        Error::Spawn {
-            op,
-            program: self.program.display().to_string(),
-            source,
+            nft: NftFirewall::with_program(program),
         }
     }
 
     fn list_table(&self, op: &'static str) -> Result<Option<Value>> {
-        let out = Command::new(&self.program)
-            .args(["-j", "list", "table", "ip", AGENT_TABLE])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| self.spawn_error(op, e))?;
-        if !out.status.success() {
-            let err = self.failure(op, &out.status, &out.stderr);
-            return match &err {
-                Error::Nft { stderr, .. } if stderr.contains("No such file or directory") => {
-                    Ok(None)
-                }
-                _ => Err(err),
-            };
-        }
-        serde_json::from_slice(&out.stdout)
-            .map(Some)
-            .map_err(|e| Error::NftOutput {
-                op,
-                reason: e.to_string(),
-            })
+        self.nft.list(op, &["list", "table", "ip", AGENT_TABLE])
     }
 
     fn apply(&self, op: &'static str, commands: Vec<Value>) -> Result<()> {
         if commands.is_empty() {
             return Ok(());
         }
-        let body = json!({ "nftables": commands }).to_string();
-        let mut child = Command::new(&self.program)
-            .args(["-j", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| self.spawn_error(op, e))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            // EPIPE means nft exited early; its status says why.
-            let _ = stdin.write_all(body.as_bytes());
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|e| self.spawn_error(op, e))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(self.failure(op, &out.status, &out.stderr))
-        }
+        self.nft.apply(op, commands)
     }
 }
 
@@ -484,6 +428,6 @@ mod tests {
     fn missing_nft_is_a_spawn_error() {
         let fw = NftAgentFirewall::with_program("/nonexistent/nft");
         let e = fw.sync_agent_rules(&rules(true, true)).unwrap_err();
-        assert!(matches!(e, Error::Spawn { .. }), "{e}");
+        assert!(matches!(e, crate::error::Error::Spawn { .. }), "{e}");
     }
 }

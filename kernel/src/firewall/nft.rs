@@ -72,7 +72,7 @@ impl NftFirewall {
     }
 
     /// `nft -j <args>`; Ok(None) when the listed table or chain does not exist.
-    fn list(&self, op: &'static str, args: &[&str]) -> Result<Option<Value>> {
+    pub(crate) fn list(&self, op: &'static str, args: &[&str]) -> Result<Option<Value>> {
         let out = Command::new(&self.program)
             .arg("-j")
             .args(args)
@@ -92,7 +92,7 @@ impl NftFirewall {
     }
 
     /// Applies `commands` as one transaction: all or nothing.
-    fn apply(&self, op: &'static str, commands: Vec<Value>) -> Result<()> {
+    pub(crate) fn apply(&self, op: &'static str, commands: Vec<Value>) -> Result<()> {
         let body = json!({ "nftables": commands }).to_string();
         let mut child = Command::new(&self.program)
             .args(["-j", "-f", "-"])
