@@ -3,26 +3,24 @@
 //! reported (not silently mis-routed).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net};
-use kernel::netlink::{Family, Netlink, Route, RouteFilter, RouteMode, MAIN_TABLE};
+use kernel::netlink::{Netlink, Route, RouteMode, MAIN_TABLE};
 use serde_json::Value;
 
 use super::{
     direct_oif, ip4, kerr, same_route, v4_dst, Backend, BackendError, ExtIface, ReconcileReport,
+    RouteCache,
 };
 use crate::lease::Lease;
 use crate::log;
-
-const ROUTE_CACHE: Duration = Duration::from_secs(2);
 
 pub struct HostGwBackend<N: Netlink> {
     nl: N,
     network: Ipv4Net,
     ext: ExtIface,
     own: Option<Ipv4Net>,
-    routes_cache: Option<(Instant, Vec<Route>)>,
+    routes_cache: RouteCache,
 }
 
 impl<N: Netlink + Send> HostGwBackend<N> {
@@ -32,26 +30,12 @@ impl<N: Netlink + Send> HostGwBackend<N> {
             network,
             ext,
             own: None,
-            routes_cache: None,
+            routes_cache: RouteCache::default(),
         }
     }
 
     fn routes(&mut self, fresh: bool) -> Result<Vec<Route>, BackendError> {
-        if !fresh {
-            if let Some((at, routes)) = &self.routes_cache {
-                if at.elapsed() < ROUTE_CACHE {
-                    return Ok(routes.clone());
-                }
-            }
-        }
-        let filter = RouteFilter {
-            family: Some(Family::V4),
-            table: Some(MAIN_TABLE),
-            oif: None,
-        };
-        let routes = self.nl.routes(&filter).map_err(kerr("list", "routes"))?;
-        self.routes_cache = Some((Instant::now(), routes.clone()));
-        Ok(routes)
+        self.routes_cache.get(&mut self.nl, fresh)
     }
 
     /// The route `peer` needs, None for leases of other backends.

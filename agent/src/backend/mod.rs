@@ -57,6 +57,41 @@ pub enum BackendError {
     Setup(String),
 }
 
+/// The main table's IPv4 routes, re-read at most every two seconds: planning a batch of
+/// new peers asks for them once per peer, and a dump per lease would make convergence
+/// grow with the square of the node count.
+#[derive(Default)]
+pub(crate) struct RouteCache(Option<(std::time::Instant, Vec<kernel::netlink::Route>)>);
+
+impl RouteCache {
+    const MAX_AGE: std::time::Duration = std::time::Duration::from_secs(2);
+
+    /// The cached routes, or a fresh dump when `fresh`, empty or stale.
+    pub(crate) fn get(
+        &mut self,
+        nl: &mut dyn kernel::netlink::Netlink,
+        fresh: bool,
+    ) -> Result<Vec<kernel::netlink::Route>, BackendError> {
+        if let (false, Some((at, routes))) = (fresh, &self.0) {
+            if at.elapsed() < Self::MAX_AGE {
+                return Ok(routes.clone());
+            }
+        }
+        let filter = kernel::netlink::RouteFilter {
+            family: Some(kernel::netlink::Family::V4),
+            table: Some(kernel::netlink::MAIN_TABLE),
+            oif: None,
+        };
+        let routes = nl.routes(&filter).map_err(kerr("list", "routes"))?;
+        self.0 = Some((std::time::Instant::now(), routes.clone()));
+        Ok(routes)
+    }
+
+    pub(crate) fn invalidate(&mut self) {
+        self.0 = None;
+    }
+}
+
 pub(crate) fn kerr(
     op: &'static str,
     object: impl Into<String>,

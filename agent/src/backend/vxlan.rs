@@ -4,18 +4,18 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net};
 use kernel::netlink::{
-    Family, FdbEntry, LinkKind, LinkRef, MacAddr, Neighbour, Netlink, Route, RouteFilter,
-    RouteMode, VxlanSpec, MAIN_TABLE, NUD_PERMANENT,
+    Family, FdbEntry, LinkKind, LinkRef, MacAddr, Neighbour, Netlink, Route, RouteMode, VxlanSpec,
+    MAIN_TABLE, NUD_PERMANENT,
 };
 use kernel::sysctl::{Sysctl, SysctlKey};
 use serde_json::Value;
 
 use super::{
     direct_oif, ip4, kerr, same_route, v4_dst, Backend, BackendError, ExtIface, ReconcileReport,
+    RouteCache,
 };
 use crate::config::BackendConfig;
 use crate::lease::{vxlan_backend_data, Lease};
@@ -25,9 +25,6 @@ use crate::log;
 pub const OVERHEAD: u32 = 50;
 /// Linux's default VXLAN UDP port when none is configured.
 pub const KERNEL_DEFAULT_PORT: u16 = 8472;
-/// A route dump used for DirectRouting decisions stays valid this long.
-const ROUTE_CACHE: Duration = Duration::from_secs(2);
-
 /// What one peer needs in the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PeerPlan {
@@ -52,7 +49,7 @@ pub struct VxlanBackend<N: Netlink> {
     mac: MacAddr,
     mtu: u32,
     own: Option<Ipv4Net>,
-    routes_cache: Option<(Instant, Vec<Route>)>,
+    routes_cache: RouteCache,
 }
 
 /// A random locally administered unicast MAC (what flanneld generates).
@@ -99,7 +96,7 @@ impl<N: Netlink + Send> VxlanBackend<N> {
             mac: MacAddr([0; 6]),
             mtu,
             own: None,
-            routes_cache: None,
+            routes_cache: RouteCache::default(),
         }
     }
 
@@ -173,21 +170,7 @@ impl<N: Netlink + Send> VxlanBackend<N> {
     }
 
     fn routes(&mut self, fresh: bool) -> Result<Vec<Route>, BackendError> {
-        if !fresh {
-            if let Some((at, routes)) = &self.routes_cache {
-                if at.elapsed() < ROUTE_CACHE {
-                    return Ok(routes.clone());
-                }
-            }
-        }
-        let filter = RouteFilter {
-            family: Some(Family::V4),
-            table: Some(MAIN_TABLE),
-            oif: None,
-        };
-        let routes = self.nl.routes(&filter).map_err(kerr("list", "routes"))?;
-        self.routes_cache = Some((Instant::now(), routes.clone()));
-        Ok(routes)
+        self.routes_cache.get(&mut self.nl, fresh)
     }
 
     /// The entries `peer` needs, or why it gets none.
@@ -443,7 +426,7 @@ impl<N: Netlink + Send> Backend for VxlanBackend<N> {
         peers: &BTreeMap<Ipv4Net, Lease>,
     ) -> Result<ReconcileReport, BackendError> {
         let mut report = ReconcileReport::default();
-        self.routes_cache = None;
+        self.routes_cache.invalidate();
         let mut plans = Vec::new();
         for (subnet, lease) in peers {
             match self.plan(lease) {
