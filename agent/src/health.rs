@@ -56,11 +56,20 @@ fn answer(conn: TcpStream, status: &Status) -> std::io::Result<()> {
     // A slow or silent client must not wedge the endpoint.
     conn.set_read_timeout(Some(Duration::from_secs(2)))?;
     conn.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut reader = BufReader::new(conn.try_clone()?).take(8192);
     let mut line = String::new();
-    (&mut reader).take(4096).read_line(&mut line)?;
-    let path = line.split_whitespace().nth(1).unwrap_or("/");
-    let (code, body) = match path {
+    reader.read_line(&mut line)?;
+    let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    // Read the headers up to the blank line before answering: closing a socket with
+    // unread request bytes makes the kernel send RST, and clients then lose the answer.
+    let mut header = String::new();
+    loop {
+        header.clear();
+        if reader.read_line(&mut header)? == 0 || header.trim_end().is_empty() {
+            break;
+        }
+    }
+    let (code, body) = match path.as_str() {
         "/healthz" => (200, "ok\n".to_owned()),
         "/readyz" => match status.get() {
             (true, detail) => (200, format!("ready: {detail}\n")),
