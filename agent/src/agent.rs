@@ -20,7 +20,7 @@ use crate::lease::{Lease, LeaseAttrs};
 use crate::log;
 use crate::peers::{PeerEvent, Peers};
 use crate::store::{Store, StoreError, WatchBatch};
-use crate::subnet_env::{previous_subnet, SubnetEnv, SubnetEnvError};
+use crate::subnet_env::{previous_subnet, previous_subnet_v6, SubnetEnv, SubnetEnvError};
 
 /// Longest wait between two checks of the stop flag and the timers.
 pub const TICK: Duration = Duration::from_millis(200);
@@ -122,6 +122,16 @@ impl Agent {
         attrs: &LeaseAttrs,
         hint: Option<ipnet::Ipv4Net>,
     ) -> Result<Lease, AgentError> {
+        self.acquire_dual(attrs, hint, None)
+    }
+
+    /// [`Self::acquire`] with the IPv6 hint too (dual stack).
+    pub fn acquire_dual(
+        &self,
+        attrs: &LeaseAttrs,
+        hint: Option<ipnet::Ipv4Net>,
+        hint_v6: Option<ipnet::Ipv6Net>,
+    ) -> Result<Lease, AgentError> {
         let mut attempt: u32 = 0;
         loop {
             if self.stopped() {
@@ -136,11 +146,12 @@ impl Agent {
                     continue;
                 }
             };
-            let plan = allocator::plan(
+            let plan = allocator::plan_dual(
                 &self.config,
                 &listing.leases,
                 attrs.public_ip,
                 hint,
+                hint_v6,
                 &mut random_index,
             )?;
             for k in &plan.delete {
@@ -197,7 +208,7 @@ impl Agent {
             )),
             Err(e) => log::warn(&format!("re-create {}: {e}", own.key)),
         }
-        self.acquire(&own.attrs, None)
+        self.acquire_dual(&own.attrs, None, None)
     }
 
     fn renew_at(&self, lease: &Lease) -> Option<Instant> {
@@ -233,8 +244,13 @@ impl Agent {
         let env = SubnetEnv {
             network: Some(self.config.network),
             subnet: Some(own.key.v4),
-            ipv6_network: None,
-            ipv6_subnet: None,
+            ipv6_network: self
+                .config
+                .ipv6
+                .as_ref()
+                .filter(|_| self.config.enable_ipv6)
+                .map(|c| c.network),
+            ipv6_subnet: own.key.v6,
             mtu: self.backend.mtu(),
             ipmasq: self.opts.ip_masq,
         };
@@ -245,6 +261,9 @@ impl Agent {
     /// Own lease changed (start or re-acquisition with another subnet).
     fn take_subnet(&mut self, own: &Lease, peers: &mut Peers) -> Result<(), AgentError> {
         self.backend.configure_own(own.key.v4)?;
+        if let Some(v6) = own.key.v6 {
+            self.backend.configure_own_v6(v6)?;
+        }
         let evs = peers.set_own(own.key.v4);
         self.apply_events(&evs);
         self.sync_rules(own)?;
@@ -317,15 +336,17 @@ impl Agent {
     /// are returned; everything later is logged and retried.
     pub fn run(mut self) -> Result<(), AgentError> {
         let backend_data = self.backend.prepare()?;
+        let v6 = self.config.enable_ipv6;
         let attrs = LeaseAttrs {
             public_ip: self.ext.public_ip,
-            public_ipv6: None,
+            public_ipv6: self.ext.public_ipv6.filter(|_| v6),
             backend_type: self.backend.backend_type().to_owned(),
             backend_data,
-            backend_v6_data: None,
+            backend_v6_data: self.backend.backend_v6_data().filter(|_| v6),
         };
         let hint = previous_subnet(&self.opts.subnet_file);
-        let mut own = self.acquire(&attrs, hint)?;
+        let hint_v6 = previous_subnet_v6(&self.opts.subnet_file).filter(|_| v6);
+        let mut own = self.acquire_dual(&attrs, hint, hint_v6)?;
         let mut peers = Peers::new();
         self.take_subnet(&own, &mut peers)?;
         self.status
@@ -509,6 +530,8 @@ mod tests {
             name: "eth0".into(),
             addr: ip.parse().unwrap(),
             public_ip: ip.parse().unwrap(),
+            addr6: None,
+            public_ipv6: None,
             mtu: 1500,
         };
         let backend = VxlanBackend::new(
@@ -789,5 +812,88 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         t.join().unwrap().unwrap();
         assert_eq!(routes(), n);
+    }
+
+    /// Dual stack: both agents take a lease with an IPv6 part (flanneld's key and
+    /// value), write the IPv6 keys to subnet.env and program each other's IPv6
+    /// subnet on flannel-v6.1.
+    #[test]
+    fn dual_stack_agents() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path().join("store")).unwrap();
+        store
+            .init_config(
+                r#"{"Network":"10.70.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:70::/56","Backend":{"Type":"vxlan"}}"#,
+            )
+            .unwrap();
+        let k = FakeKernel::new();
+        let stop = Arc::new(AtomicBool::new(false));
+        let dual = |ns: &str, ip: &str, ip6: &str| {
+            let mut a = agent(&k, ns, &store, dir.path(), ip, stop.clone());
+            let mut nl = k.netlink(ns);
+            nl.add_address(a.ext.index, format!("{ip6}/64").parse().unwrap())
+                .unwrap();
+            a.ext.addr6 = Some(ip6.parse().unwrap());
+            a.ext.public_ipv6 = a.ext.addr6;
+            a.backend = Box::new(
+                VxlanBackend::new(
+                    nl,
+                    Box::new(k.sysctl(ns)),
+                    a.config.backend.clone(),
+                    a.config.network,
+                    a.ext.clone(),
+                    None,
+                )
+                .with_ipv6(a.config.ipv6.as_ref().unwrap().network),
+            );
+            a
+        };
+        let a = dual("a", "192.0.2.1", "fd70::1");
+        let b = dual("b", "192.0.2.2", "fd70::2");
+        let ta = std::thread::spawn(move || a.run());
+        let tb = std::thread::spawn(move || b.run());
+        let v6_routes = |ns: &str| {
+            k.snapshot(ns)
+                .routes
+                .iter()
+                .filter(|r| r.dst.to_string().starts_with("fd00:70:"))
+                .count()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while (v6_routes("a") < 1 || v6_routes("b") < 1) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        stop.store(true, Ordering::Relaxed);
+        ta.join().unwrap().unwrap();
+        tb.join().unwrap().unwrap();
+        assert_eq!((v6_routes("a"), v6_routes("b")), (1, 1));
+        let leases = store.list().unwrap().leases;
+        assert_eq!(leases.len(), 2);
+        for l in &leases {
+            let v6 = l.key.v6.expect("IPv6 part in the key");
+            assert!(v6.to_string().starts_with("fd00:70:0:"), "{v6}");
+            assert_eq!(v6.prefix_len(), 64);
+            assert!(l.key.to_string().contains('&'), "{}", l.key);
+            let json = l.attrs.to_json();
+            assert!(json.contains(r#""PublicIPv6":"fd70::"#), "{json}");
+            assert!(
+                json.contains(r#""BackendV6Data":{"VNI":1,"VtepMAC":"#),
+                "{json}"
+            );
+        }
+        let env_a = std::fs::read_to_string(dir.path().join("a.env")).unwrap();
+        let own_a = leases
+            .iter()
+            .find(|l| l.attrs.public_ip.to_string() == "192.0.2.1")
+            .unwrap();
+        let v6a = own_a.key.v6.unwrap();
+        assert!(
+            env_a.contains(&format!(
+                "FLANNEL_IPV6_NETWORK=fd00:70::/56\nFLANNEL_IPV6_SUBNET={}1/64\nFLANNEL_MTU=1450\n",
+                v6a.network()
+            )),
+            "{env_a}"
+        );
+        assert_eq!(previous_subnet_v6(&dir.path().join("a.env")), Some(v6a));
     }
 }

@@ -376,6 +376,17 @@ impl NetworkConfig {
             && subnet.network() >= self.subnet_min
             && subnet.network() <= self.subnet_max
     }
+
+    /// The IPv6 counterpart of [`Self::is_compatible`]; false when IPv6 is off.
+    pub fn is_compatible_v6(&self, subnet: Ipv6Net) -> bool {
+        self.ipv6.as_ref().is_some_and(|v6| {
+            subnet.prefix_len() == v6.subnet_len
+                && subnet.trunc() == subnet
+                && v6.network.contains(&subnet)
+                && subnet.network() >= v6.subnet_min
+                && subnet.network() <= v6.subnet_max
+        })
+    }
 }
 
 #[cfg(test)]
@@ -497,5 +508,43 @@ mod tests {
             !c.is_compatible("10.245.5.0/24".parse().unwrap()),
             "outside Network"
         );
+        assert!(
+            !c.is_compatible_v6("fd00:10:0:5::/64".parse().unwrap()),
+            "v6 off"
+        );
+    }
+
+    #[test]
+    fn ipv6_compatibility_and_explicit_range() {
+        let c = parse(
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10::/48","IPv6SubnetLen":64,"IPv6SubnetMin":"fd00:10:0:10::","IPv6SubnetMax":"fd00:10:0:20::"}"#,
+        );
+        assert!(c.enable_ipv4 && c.enable_ipv6);
+        assert!(c.is_compatible_v6("fd00:10:0:10::/64".parse().unwrap()));
+        assert!(c.is_compatible_v6("fd00:10:0:20::/64".parse().unwrap()));
+        assert!(
+            !c.is_compatible_v6("fd00:10:0:f::/64".parse().unwrap()),
+            "below min"
+        );
+        assert!(
+            !c.is_compatible_v6("fd00:10:0:21::/64".parse().unwrap()),
+            "above max"
+        );
+        assert!(
+            !c.is_compatible_v6("fd00:10:0:10::/80".parse().unwrap()),
+            "length"
+        );
+        assert!(
+            !c.is_compatible_v6("fd00:11:0:10::/64".parse().unwrap()),
+            "outside"
+        );
+        // Unaligned or outside bounds are refused, as for IPv4.
+        for bad in [
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10::/48","IPv6SubnetMin":"fd00:10:0:10::1"}"#,
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10::/48","IPv6SubnetMax":"fd00:11::"}"#,
+            r#"{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"10.0.0.0/8"}"#,
+        ] {
+            assert!(NetworkConfig::parse(bad).is_err(), "{bad} accepted");
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! `--iface-regex` (addresses first, then names), `--public-ip` alone (the interface
 //! holding it), else the interface of the default route (flanneld's order, §5).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::IpNet;
 use kernel::netlink::{Address, Family, Link, LinkRef, Netlink, RouteFilter, MAIN_TABLE};
@@ -15,6 +15,8 @@ pub struct IfaceOptions {
     pub iface: Vec<String>,
     pub iface_regex: Vec<String>,
     pub public_ip: Option<Ipv4Addr>,
+    /// `--public-ipv6`: advertised as `PublicIPv6` instead of the interface's address.
+    pub public_ipv6: Option<Ipv6Addr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +63,31 @@ fn best_v4(addrs: &[Address], ifindex: u32) -> Option<Ipv4Addr> {
         .collect();
     candidates.sort();
     candidates.first().map(|c| c.2)
+}
+
+/// The interface's IPv6 address for the overlay: global unicast (not link-local,
+/// not loopback/multicast), usable (not tentative/failed DAD), permanent first.
+fn best_v6(addrs: &[Address], ifindex: u32) -> Option<Ipv6Addr> {
+    let mut candidates: Vec<(bool, Ipv6Addr)> = addrs
+        .iter()
+        .filter(|a| a.ifindex == ifindex && a.scope == 0)
+        .filter(|a| {
+            !a.flags.tentative() && a.flags.0 & kernel::netlink::AddressFlags::DADFAILED == 0
+        })
+        .filter_map(|a| match a.addr.addr() {
+            IpAddr::V6(ip)
+                if !ip.is_loopback()
+                    && !ip.is_unspecified()
+                    && !ip.is_multicast()
+                    && (ip.segments()[0] & 0xffc0) != 0xfe80 =>
+            {
+                Some((!a.flags.permanent(), ip))
+            }
+            _ => None,
+        })
+        .collect();
+    candidates.sort();
+    candidates.first().map(|c| c.1)
 }
 
 /// Picks the interface per `opts` using `nl`.
@@ -157,6 +184,10 @@ pub fn select(nl: &mut dyn Netlink, opts: &IfaceOptions) -> Result<ExtIface, Ifa
             name: link.name.clone(),
         });
     }
+    let addrs6 = nl
+        .addresses(Some(link.index), Some(Family::V6))
+        .map_err(kerr("addresses"))?;
+    let addr6 = best_v6(&addrs6, link.index);
     // Re-read by index: the listing may predate a rename.
     let fresh = nl.link(LinkRef::Index(link.index)).map_err(kerr("link"))?;
     Ok(ExtIface {
@@ -164,6 +195,8 @@ pub fn select(nl: &mut dyn Netlink, opts: &IfaceOptions) -> Result<ExtIface, Ifa
         name: fresh.name,
         addr,
         public_ip: opts.public_ip.unwrap_or(addr),
+        addr6,
+        public_ipv6: opts.public_ipv6.or(addr6),
         mtu: fresh.mtu,
     })
 }
@@ -269,6 +302,41 @@ mod tests {
             (nat.addr.to_string(), nat.public_ip.to_string()),
             ("192.0.2.1".into(), "203.0.113.5".into())
         );
+    }
+
+    #[test]
+    fn ipv6_address_of_the_chosen_interface() {
+        let (_k, mut nl) = world();
+        let d = select(&mut nl, &IfaceOptions::default()).unwrap();
+        assert_eq!((d.addr6, d.public_ipv6), (None, None), "no IPv6 yet");
+        let eth1 = nl.link(LinkRef::Name("eth1")).unwrap().index;
+        let eth0 = nl.link(LinkRef::Name("eth0")).unwrap().index;
+        for (idx, a) in [
+            (eth1, "fe80::1/64"),
+            (eth1, "fd70::1/64"),
+            (eth0, "fd71::1/64"),
+        ] {
+            nl.add_address(idx, a.parse().unwrap()).unwrap();
+        }
+        let d = select(&mut nl, &IfaceOptions::default()).unwrap();
+        assert_eq!(d.name, "eth1");
+        assert_eq!(
+            d.addr6,
+            Some("fd70::1".parse().unwrap()),
+            "global, not link-local"
+        );
+        assert_eq!(d.public_ipv6, d.addr6);
+        let d = select(
+            &mut nl,
+            &IfaceOptions {
+                iface: vec!["eth0".into()],
+                public_ipv6: Some("2001:db8::9".parse().unwrap()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(d.addr6, Some("fd71::1".parse().unwrap()));
+        assert_eq!(d.public_ipv6, Some("2001:db8::9".parse().unwrap()));
     }
 
     #[test]

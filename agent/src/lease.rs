@@ -166,6 +166,14 @@ impl LeaseAttrs {
         };
         get_ci(d, "VtepMAC")?.as_str()?.parse().ok()
     }
+
+    /// The VTEP MAC of the peer's IPv6 vxlan device (`BackendV6Data.VtepMAC`).
+    pub fn vtep_mac_v6(&self) -> Option<MacAddr> {
+        let Some(Value::Object(d)) = &self.backend_v6_data else {
+            return None;
+        };
+        get_ci(d, "VtepMAC")?.as_str()?.parse().ok()
+    }
 }
 
 /// vxlan's BackendData.
@@ -247,6 +255,42 @@ mod tests {
         );
         assert_eq!(LeaseAttrs::from_json(&hostgw.to_json()).unwrap(), hostgw);
         assert_eq!(hostgw.vtep_mac(), None);
+    }
+
+    #[test]
+    fn dual_stack_value_json_is_byte_for_byte_flanneld() {
+        // What flanneld's vxlan backend writes with EnableIPv6 (key
+        // `10.5.52.0-24&fd00:10:0:34::-64`).
+        const DUAL: &str = r#"{"PublicIP":"192.0.2.11","PublicIPv6":"fd70::11","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"3e:41:9c:07:d2:10"},"BackendV6Data":{"VNI":1,"VtepMAC":"3e:41:9c:07:d2:11"}}"#;
+        let attrs = LeaseAttrs {
+            public_ip: "192.0.2.11".parse().unwrap(),
+            public_ipv6: Some("fd70::11".parse().unwrap()),
+            backend_type: "vxlan".into(),
+            backend_data: Some(vxlan_backend_data(1, "3e:41:9c:07:d2:10".parse().unwrap())),
+            backend_v6_data: Some(vxlan_backend_data(1, "3e:41:9c:07:d2:11".parse().unwrap())),
+        };
+        assert_eq!(attrs.to_json(), DUAL);
+        let back = LeaseAttrs::from_json(DUAL).unwrap();
+        assert_eq!(back, attrs);
+        assert_eq!(back.vtep_mac().unwrap().to_string(), "3e:41:9c:07:d2:10");
+        assert_eq!(back.vtep_mac_v6().unwrap().to_string(), "3e:41:9c:07:d2:11");
+        let key = SubnetKey {
+            v4: "10.5.52.0/24".parse().unwrap(),
+            v6: Some("fd00:10:0:34::/64".parse().unwrap()),
+        };
+        assert_eq!(key.to_string(), "10.5.52.0-24&fd00:10:0:34::-64");
+        // host-gw dual stack: no backend data at all.
+        let hg = LeaseAttrs {
+            backend_type: "host-gw".into(),
+            backend_data: None,
+            backend_v6_data: None,
+            ..attrs
+        };
+        assert_eq!(
+            hg.to_json(),
+            r#"{"PublicIP":"192.0.2.11","PublicIPv6":"fd70::11","BackendType":"host-gw"}"#
+        );
+        assert_eq!(hg.vtep_mac_v6(), None);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `flanneld`: the overlay agent binary. Flags follow flanneld's names; each can also
 //! come from `FLANNELD_<FLAG>` (upper case, `-` → `_`), flags winning.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +34,7 @@ interface:
   --iface=NAME|IP                  external interface (repeatable)
   --iface-regex=RE                 interface by address or name regex (repeatable)
   --public-ip=IP                   address advertised to peers
+  --public-ipv6=IP                 IPv6 address advertised to peers (EnableIPv6)
 lease and files:
   --subnet-file=FILE               default /run/flannel/subnet.env
   --subnet-lease-renew-margin=MIN  renew this many minutes before expiry (1..1439, default 60)
@@ -79,6 +80,7 @@ const KNOWN: &[&str] = &[
     "iface",
     "iface-regex",
     "public-ip",
+    "public-ipv6",
     "subnet-file",
     "subnet-lease-renew-margin",
     "subnet-lease-ttl",
@@ -272,6 +274,14 @@ fn run(args: &[String]) -> Result<(), MainError> {
                 .map_err(|_| MainError::Usage(format!("--public-ip {v:?} is not an IPv4 address")))
         })
         .transpose()?;
+    let public_ipv6 = flags
+        .one("public-ipv6")
+        .map(|v| {
+            v.parse::<Ipv6Addr>().map_err(|_| {
+                MainError::Usage(format!("--public-ipv6 {v:?} is not an IPv6 address"))
+            })
+        })
+        .transpose()?;
 
     install_signal_handlers()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -306,11 +316,6 @@ fn run(args: &[String]) -> Result<(), MainError> {
     let Some(config) = fetch_config(store.as_ref(), &stop)? else {
         return Ok(());
     };
-    if config.enable_ipv6 {
-        log::warn(
-            "EnableIPv6: only the IPv4 overlay is programmed by this agent; no IPv6 lease is taken",
-        );
-    }
 
     let mut nl = RouteSocket::open().map_err(|e| MainError::Fatal(e.to_string()))?;
     let ext = iface::select(
@@ -319,9 +324,27 @@ fn run(args: &[String]) -> Result<(), MainError> {
             iface: flags.all("iface"),
             iface_regex: flags.all("iface-regex"),
             public_ip,
+            public_ipv6,
         },
     )
     .map_err(|e| MainError::Fatal(format!("choose external interface: {e}")))?;
+    let network6 = config
+        .ipv6
+        .as_ref()
+        .filter(|_| config.enable_ipv6)
+        .map(|c| c.network);
+    if let Some(net6) = network6 {
+        let Some(addr6) = ext.addr6 else {
+            return Err(MainError::Fatal(format!(
+                "EnableIPv6: interface {} has no usable global IPv6 address",
+                ext.name
+            )));
+        };
+        log::info(&format!(
+            "IPv6 overlay {net6}: interface address {addr6} public IPv6 {}",
+            ext.public_ipv6.unwrap_or(addr6)
+        ));
+    }
     log::info(&format!(
         "external interface {} (#{}) address {} public IP {} mtu {}",
         ext.name, ext.index, ext.addr, ext.public_ip, ext.mtu
@@ -336,19 +359,27 @@ fn run(args: &[String]) -> Result<(), MainError> {
                     PathBuf::from(format!("/var/lib/flannel/vtep-{}.mac", config.backend.vni))
                 });
             let hint = read_mac_file(&mac_file);
-            Box::new(
-                VxlanBackend::new(
-                    nl,
-                    Box::new(ProcSysctl::default()),
-                    config.backend.clone(),
-                    config.network,
-                    ext.clone(),
-                    hint,
-                )
-                .with_mac_file(mac_file),
+            let mut b = VxlanBackend::new(
+                nl,
+                Box::new(ProcSysctl::default()),
+                config.backend.clone(),
+                config.network,
+                ext.clone(),
+                hint,
             )
+            .with_mac_file(mac_file);
+            if let Some(net6) = network6 {
+                b = b.with_ipv6(net6);
+            }
+            Box::new(b)
         }
-        "host-gw" => Box::new(HostGwBackend::new(nl, config.network, ext.clone())),
+        "host-gw" => {
+            let mut b = HostGwBackend::new(nl, config.network, ext.clone());
+            if let Some(net6) = network6 {
+                b = b.with_ipv6(net6);
+            }
+            Box::new(b)
+        }
         other => {
             return Err(MainError::Fatal(
                 BackendError::Unsupported(other.to_owned()).to_string(),

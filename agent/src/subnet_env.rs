@@ -122,12 +122,26 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), SubnetEnv
 /// The subnet of an existing subnet.env (`FLANNEL_SUBNET`), used as a reuse hint.
 /// Any problem (no file, garbage) just means "no hint".
 pub fn previous_subnet(path: &Path) -> Option<Ipv4Net> {
+    previous_value(path, "FLANNEL_SUBNET")?
+        .parse::<Ipv4Net>()
+        .ok()
+        .map(|n| n.trunc())
+}
+
+/// The IPv6 subnet of an existing subnet.env (`FLANNEL_IPV6_SUBNET`), the IPv6
+/// reuse hint.
+pub fn previous_subnet_v6(path: &Path) -> Option<Ipv6Net> {
+    previous_value(path, "FLANNEL_IPV6_SUBNET")?
+        .parse::<Ipv6Net>()
+        .ok()
+        .map(|n| n.trunc())
+}
+
+fn previous_value(path: &Path, key: &str) -> Option<String> {
     let text = fs::read_to_string(path).ok()?;
     text.lines().find_map(|line| {
         let (k, v) = line.split_once('=')?;
-        (k.trim() == "FLANNEL_SUBNET")
-            .then(|| v.trim().parse::<Ipv4Net>().ok().map(|n| n.trunc()))
-            .flatten()
+        (k.trim() == key).then(|| v.trim().to_owned())
     })
 }
 
@@ -184,7 +198,27 @@ mod tests {
             previous_subnet(&path),
             Some("10.5.52.0/24".parse().unwrap())
         );
-        fs::write(&path, "garbage\nFLANNEL_SUBNET=nope\n").unwrap();
+        assert_eq!(previous_subnet_v6(&path), None);
+        let dual = SubnetEnv {
+            ipv6_network: Some("fd00:10::/56".parse().unwrap()),
+            ipv6_subnet: Some("fd00:10:0:34::/64".parse().unwrap()),
+            ..env
+        };
+        dual.write(&path).unwrap();
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.52.1/24\nFLANNEL_IPV6_NETWORK=fd00:10::/56\nFLANNEL_IPV6_SUBNET=fd00:10:0:34::1/64\nFLANNEL_MTU=1500\nFLANNEL_IPMASQ=false\n"
+        );
+        assert_eq!(
+            previous_subnet_v6(&path),
+            Some("fd00:10:0:34::/64".parse().unwrap())
+        );
+        fs::write(
+            &path,
+            "garbage\nFLANNEL_SUBNET=nope\nFLANNEL_IPV6_SUBNET=10.0.0.1/24\n",
+        )
+        .unwrap();
         assert_eq!(previous_subnet(&path), None);
+        assert_eq!(previous_subnet_v6(&path), None);
     }
 }

@@ -1112,3 +1112,206 @@ fn vxlan_direct_routing_between_on_link_nodes() {
     let (_pb, ip_b) = lab.add_pod(1, "pod-b");
     assert_ping(&pa, &ip_b, "A -> B with DirectRouting");
 }
+
+const DUAL_CONFIG: &str = r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:244::/56","Backend":{"Type":"vxlan"}}"#;
+
+/// Dual stack: three nodes with IPv4 and IPv6 (fd70::N/64, DAD off) on the switch,
+/// vxlan over both (`flannel.1` and `flannel-v6.1`), pods with an address of each
+/// family that reach each other across nodes over IPv6 as well as IPv4.
+#[test]
+fn vxlan_dual_stack_three_nodes() {
+    let mut lab = Lab::new(3);
+    lab.switch.sh(
+        "sysctl -qw net.ipv6.conf.br0.accept_dad=0 && ip -6 addr add fd70::fe/64 dev br0 nodad",
+    );
+    for i in 0..3 {
+        lab.nodes[i].w.node.sh(&format!(
+            "sysctl -qw net.ipv6.conf.all.forwarding=1 && sysctl -qw net.ipv6.conf.eth0.accept_dad=0 && ip -6 addr add fd70::{}/64 dev eth0 nodad",
+            i + 1
+        ));
+    }
+    lab.file_store(DUAL_CONFIG);
+    for i in 0..3 {
+        lab.start_agent(i, &[]);
+    }
+    let subnets: Vec<String> = (0..3).map(|i| lab.wait_subnet(i)).collect();
+    let mut subnets6 = Vec::new();
+    for (i, s) in subnets.iter().enumerate() {
+        let env = std::fs::read_to_string(lab.subnet_file(i)).unwrap();
+        let s6 = env
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_IPV6_SUBNET="))
+            .unwrap_or_else(|| panic!("node {i}: no FLANNEL_IPV6_SUBNET in\n{env}"))
+            .to_owned();
+        assert_eq!(
+            env,
+            format!("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={s}\nFLANNEL_IPV6_NETWORK=fd00:244::/56\nFLANNEL_IPV6_SUBNET={s6}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n")
+        );
+        assert!(
+            s6.starts_with("fd00:244:0:") && s6.ends_with("::1/64"),
+            "{s6}"
+        );
+        subnets6.push(s6);
+    }
+    assert!(
+        subnets6[0] != subnets6[1] && subnets6[1] != subnets6[2] && subnets6[0] != subnets6[2],
+        "{subnets6:?}"
+    );
+    // "fd00:244:0:5::1/64" → ("fd00:244:0:5::", "fd00:244:0:5::/64").
+    let parts6 = |s6: &str| {
+        let base = s6.trim_end_matches("1/64").to_owned();
+        (base.clone(), format!("{base}/64"))
+    };
+
+    // The IPv6 device, as flanneld makes it.
+    let n0 = &lab.nodes[0].w.node;
+    let dev = n0.sh("ip -d -o link show flannel-v6.1");
+    for want in [
+        "mtu 1430",
+        "vxlan id 1",
+        "local fd70::1",
+        "dev eth0",
+        "dstport 8472",
+        "nolearning",
+        "UP",
+    ] {
+        assert!(dev.contains(want), "{want} missing in {dev}");
+    }
+    let (base0, _) = parts6(&subnets6[0]);
+    let addrs = n0.sh("ip -o -6 addr show dev flannel-v6.1");
+    assert!(addrs.contains(&format!("inet6 {base0}/128")), "{addrs}");
+
+    // Lease keys and values in flanneld's dual-stack format.
+    let listing = store_cmd(&lab, &["list"], "");
+    for (i, (s, s6)) in subnets.iter().zip(&subnets6).enumerate() {
+        let (_, _, key) = subnet_parts(s);
+        let (b6, _) = parts6(s6);
+        assert!(
+            listing.contains(&format!("{key}&{b6}-64")),
+            "key of node {i} missing in {listing}"
+        );
+        assert!(
+            listing.contains(&format!("\"PublicIPv6\":\"fd70::{}\"", i + 1)),
+            "{listing}"
+        );
+    }
+    assert!(
+        listing.contains("\"BackendV6Data\":{\"VNI\":1,\"VtepMAC\":"),
+        "{listing}"
+    );
+
+    // Every node routes to the other two over both devices.
+    for i in 0..3 {
+        wait_for(
+            &format!("node {i} IPv6 routes"),
+            Duration::from_secs(15),
+            || {
+                let r = lab.nodes[i].w.node.sh("ip -6 route show");
+                (0..3).filter(|j| *j != i).all(|j| {
+                    let (base, net) = parts6(&subnets6[j]);
+                    r.contains(&format!("{net} via {base} dev flannel-v6.1"))
+                        && lab.routes(i).contains(&subnet_parts(&subnets[j]).1)
+                })
+            },
+        );
+    }
+    let mac6_2 = {
+        let out = lab.nodes[2].w.node.sh("ip -o link show flannel-v6.1");
+        out.split("link/ether ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .expect("mac")
+            .to_owned()
+    };
+    let (base2, net2) = parts6(&subnets6[2]);
+    assert!(n0
+        .sh("ip -6 neigh show dev flannel-v6.1")
+        .contains(&format!("{base2} lladdr {mac6_2} PERMANENT")));
+    assert!(n0
+        .sh("bridge fdb show dev flannel-v6.1")
+        .contains(&format!("{mac6_2} dst fd70::3 self permanent")));
+
+    // Pods get one address of each family and talk across nodes over IPv6 and IPv4.
+    let pods: Vec<(NetNs, String, String)> = (0..3)
+        .map(|i| add_dual_pod(&lab, i, &format!("pod-{i}")))
+        .collect();
+    for (i, (_, ip4, ip6)) in pods.iter().enumerate() {
+        let (b4, _, _) = subnet_parts(&subnets[i]);
+        assert!(
+            ip4.starts_with(b4.trim_end_matches('0')),
+            "{ip4} in {}",
+            subnets[i]
+        );
+        assert!(ip6.starts_with(&parts6(&subnets6[i]).0), "{ip6}");
+    }
+    for (from, to) in [(0, 1), (0, 2), (1, 2), (2, 0)] {
+        let (ns, _, _) = &pods[from];
+        let (_, ip4, ip6) = &pods[to];
+        wait_for(
+            &format!("pod {from} -> pod {to} over IPv6 ({ip6})"),
+            Duration::from_secs(20),
+            || ns.try_sh(&format!("ping -6 -c 1 -W 1 {ip6}")).0 == 0,
+        );
+        assert_ping(ns, ip4, "IPv4 alongside");
+    }
+
+    // C's lease goes away: A and B drop its IPv6 entries too.
+    assert_eq!(lab.stop_agent(2), Some(0));
+    let (_, _, key2) = subnet_parts(&subnets[2]);
+    store_cmd(&lab, &["delete", &format!("{key2}&{base2}-64")], "");
+    for i in 0..2 {
+        wait_for(
+            &format!("node {i} to drop C's IPv6 entries"),
+            Duration::from_secs(10),
+            || {
+                let n = &lab.nodes[i].w.node;
+                !n.sh("ip -6 route show").contains(&net2)
+                    && !n.sh("ip -6 neigh show dev flannel-v6.1").contains(&base2)
+                    && !n.sh("bridge fdb show dev flannel-v6.1").contains(&mac6_2)
+            },
+        );
+    }
+    let (pa, _, _) = &pods[0];
+    let (_, _, ip6_b) = &pods[1];
+    assert!(
+        pa.try_sh(&format!("ping -6 -c 1 -W 2 {ip6_b}")).0 == 0,
+        "A -> B still"
+    );
+}
+
+/// Adds a pod to node `i` through our flannel chain; returns (namespace, IPv4, IPv6).
+fn add_dual_pod(lab: &Lab, i: usize, cid: &str) -> (NetNs, String, String) {
+    let w = &lab.nodes[i].w;
+    let pod = NetNs::new();
+    let conf = json!({
+        "cniVersion": "1.0.0",
+        "name": "cbr0",
+        "type": "flannel",
+        "subnetFile": lab.subnet_file(i).to_string_lossy(),
+        "dataDir": w.path_str("flannel"),
+        "ipam": {"dataDir": w.path_str("networks")},
+        "delegate": {"hairpinMode": true, "isDefaultGateway": true},
+    })
+    .to_string();
+    let out = w.exec(
+        "flannel",
+        &Env::new("ADD", cid, pod.path()),
+        conf.as_bytes(),
+    );
+    out.ok();
+    let result = out.json();
+    let addrs: Vec<String> = result["ips"]
+        .as_array()
+        .expect("ips")
+        .iter()
+        .filter_map(|ip| ip["address"].as_str())
+        .filter_map(|a| a.split('/').next())
+        .map(str::to_owned)
+        .collect();
+    let v4 = addrs.iter().find(|a| !a.contains(':')).cloned();
+    let v6 = addrs.iter().find(|a| a.contains(':')).cloned();
+    match (v4, v6) {
+        (Some(v4), Some(v6)) => (pod, v4, v6),
+        _ => panic!("pod {cid} on node {i} lacks an address of each family: {result}"),
+    }
+}

@@ -4,13 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use kernel::netlink::{Netlink, Route, RouteMode, MAIN_TABLE};
 use serde_json::Value;
 
 use super::{
-    direct_oif, ip4, kerr, same_route, v4_dst, Backend, BackendError, ExtIface, ReconcileReport,
-    RouteCache,
+    direct_oif, ip4, ip6, kerr, routes_v6, same_route, v4_dst, v6_dst, Backend, BackendError,
+    ExtIface, ReconcileReport, RouteCache,
 };
 use crate::lease::Lease;
 use crate::log;
@@ -21,6 +21,9 @@ pub struct HostGwBackend<N: Netlink> {
     ext: ExtIface,
     own: Option<Ipv4Net>,
     routes_cache: RouteCache,
+    /// Dual stack: the IPv6 network and our IPv6 subnet.
+    network6: Option<Ipv6Net>,
+    own6: Option<Ipv6Net>,
 }
 
 impl<N: Netlink + Send> HostGwBackend<N> {
@@ -31,7 +34,40 @@ impl<N: Netlink + Send> HostGwBackend<N> {
             ext,
             own: None,
             routes_cache: RouteCache::default(),
+            network6: None,
+            own6: None,
         }
+    }
+
+    /// Dual stack: also route the peers' IPv6 subnets via their `PublicIPv6`.
+    pub fn with_ipv6(mut self, network: Ipv6Net) -> Self {
+        self.network6 = Some(network);
+        self
+    }
+
+    /// The IPv6 route `peer` needs (dual stack, host-gw peers with an IPv6 part).
+    fn plan_v6(&self, peer: &Lease) -> Option<Route> {
+        self.network6?;
+        if peer.attrs.backend_type != "host-gw" {
+            return None;
+        }
+        let (subnet, public) = (peer.key.v6?, peer.attrs.public_ipv6?);
+        Some(
+            Route::new(IpNet::V6(subnet))
+                .via(ip6(public))
+                .dev(self.ext.index),
+        )
+    }
+
+    fn owns_route_v6(&self, r: &Route) -> bool {
+        let (Some(net), Some(dst)) = (self.network6, v6_dst(r)) else {
+            return false;
+        };
+        r.table == MAIN_TABLE
+            && net.contains(&dst)
+            && Some(dst) != self.own6
+            && r.gateway.is_some()
+            && r.oif == Some(self.ext.index)
     }
 
     fn routes(&mut self, fresh: bool) -> Result<Vec<Route>, BackendError> {
@@ -78,6 +114,47 @@ impl<N: Netlink + Send> HostGwBackend<N> {
     }
 }
 
+impl<N: Netlink + Send> HostGwBackend<N> {
+    fn reconcile_v6(
+        &mut self,
+        peers: &BTreeMap<Ipv4Net, Lease>,
+        report: &mut ReconcileReport,
+    ) -> Result<(), BackendError> {
+        let routes = routes_v6(&mut self.nl)?;
+        let wanted: Vec<(Ipv4Net, Route)> = peers
+            .iter()
+            .filter_map(|(s, l)| self.plan_v6(l).map(|r| (*s, r)))
+            .collect();
+        let owned: Vec<Route> = routes
+            .iter()
+            .filter(|r| self.owns_route_v6(r))
+            .cloned()
+            .collect();
+        for r in &owned {
+            if !wanted.iter().any(|(_, w)| same_route(r, w)) {
+                match self.nl.delete_route(r) {
+                    Err(e) if !e.is_not_found() => {
+                        return Err(kerr("delete stale", r.to_string())(e))
+                    }
+                    _ => report.removed += 1,
+                }
+            }
+        }
+        for (subnet, w) in &wanted {
+            if routes.iter().any(|r| same_route(r, w)) {
+                continue;
+            }
+            match self.nl.add_route(w, RouteMode::Replace) {
+                Ok(()) => report.added += 1,
+                Err(e) => report
+                    .failed
+                    .push((*subnet, kerr("add", w.to_string())(e).to_string())),
+            }
+        }
+        Ok(())
+    }
+}
+
 impl<N: Netlink + Send> Backend for HostGwBackend<N> {
     fn backend_type(&self) -> &'static str {
         "host-gw"
@@ -94,11 +171,33 @@ impl<N: Netlink + Send> Backend for HostGwBackend<N> {
                 self.ext.public_ip, self.ext.name, self.ext.addr
             )));
         }
+        if self.network6.is_some() {
+            match (self.ext.addr6, self.ext.public_ipv6) {
+                (None, _) => {
+                    return Err(BackendError::Setup(format!(
+                        "{} has no global IPv6 address for the IPv6 routes",
+                        self.ext.name
+                    )))
+                }
+                (Some(a), Some(p)) if a != p => {
+                    return Err(BackendError::Setup(format!(
+                    "host-gw cannot work behind NAT: public IPv6 {p} differs from {}'s address {a}",
+                    self.ext.name
+                )))
+                }
+                _ => {}
+            }
+        }
         Ok(None)
     }
 
     fn configure_own(&mut self, own: Ipv4Net) -> Result<(), BackendError> {
         self.own = Some(own);
+        Ok(())
+    }
+
+    fn configure_own_v6(&mut self, own: Ipv6Net) -> Result<(), BackendError> {
+        self.own6 = Some(own);
         Ok(())
     }
 
@@ -114,10 +213,25 @@ impl<N: Netlink + Send> Backend for HostGwBackend<N> {
         // a node that moved) is overwritten in one step.
         self.nl
             .add_route(&route, RouteMode::Replace)
-            .map_err(kerr("add", route.to_string()))
+            .map_err(kerr("add", route.to_string()))?;
+        if let Some(route6) = self.plan_v6(peer) {
+            self.nl
+                .add_route(&route6, RouteMode::Replace)
+                .map_err(kerr("add", route6.to_string()))?;
+        }
+        Ok(())
     }
 
     fn remove_peer(&mut self, peer: &Lease) -> Result<(), BackendError> {
+        if let (Some(_), Some(subnet6), Some(public6)) =
+            (self.network6, peer.key.v6, peer.attrs.public_ipv6)
+        {
+            let route6 = Route::new(IpNet::V6(subnet6)).via(ip6(public6));
+            match self.nl.delete_route(&route6) {
+                Err(e) if !e.is_not_found() => return Err(kerr("delete", route6.to_string())(e)),
+                _ => {}
+            }
+        }
         if peer.attrs.public_ip.is_unspecified() {
             return Ok(());
         }
@@ -168,6 +282,9 @@ impl<N: Netlink + Send> Backend for HostGwBackend<N> {
                 }
             }
         }
+        if self.network6.is_some() {
+            self.reconcile_v6(peers, &mut report)?;
+        }
         Ok(report)
     }
 }
@@ -208,6 +325,8 @@ mod tests {
             name: "eth0".into(),
             addr: "192.0.2.1".parse().unwrap(),
             public_ip: "192.0.2.1".parse().unwrap(),
+            addr6: None,
+            public_ipv6: None,
             mtu: 1500,
         };
         let mut b = HostGwBackend::new(nl, "10.244.0.0/16".parse().unwrap(), ext);
@@ -299,6 +418,88 @@ mod tests {
     fn nat_is_refused() {
         let (_k, mut b) = setup();
         b.ext.public_ip = "203.0.113.1".parse().unwrap();
+        assert!(b.prepare().unwrap_err().to_string().contains("NAT"));
+    }
+
+    #[test]
+    fn dual_stack_routes_via_public_ipv6() {
+        let k = FakeKernel::new();
+        let mut nl = k.netlink(NS);
+        nl.create_veth(&VethSpec {
+            name: "eth0",
+            peer_name: "p",
+            ..Default::default()
+        })
+        .unwrap();
+        let idx = nl.link(LinkRef::Name("eth0")).unwrap().index;
+        nl.add_route(
+            &Route::new("192.0.2.0/24".parse().unwrap()).dev(idx),
+            RouteMode::Create,
+        )
+        .unwrap();
+        let ext = ExtIface {
+            index: idx,
+            name: "eth0".into(),
+            addr: "192.0.2.1".parse().unwrap(),
+            public_ip: "192.0.2.1".parse().unwrap(),
+            addr6: Some("fd70::1".parse().unwrap()),
+            public_ipv6: Some("fd70::1".parse().unwrap()),
+            mtu: 1500,
+        };
+        let mut b = HostGwBackend::new(nl, "10.244.0.0/16".parse().unwrap(), ext.clone())
+            .with_ipv6("fd00:10::/56".parse().unwrap());
+        assert_eq!(b.prepare().unwrap(), None);
+        b.configure_own("10.244.1.0/24".parse().unwrap()).unwrap();
+        b.configure_own_v6("fd00:10:0:1::/64".parse().unwrap())
+            .unwrap();
+        let peer = |n: u8| Lease {
+            key: SubnetKey {
+                v4: format!("10.244.{n}.0/24").parse().unwrap(),
+                v6: Some(format!("fd00:10:0:{n:x}::/64").parse().unwrap()),
+            },
+            attrs: LeaseAttrs {
+                public_ip: format!("192.0.2.{n}").parse().unwrap(),
+                public_ipv6: Some(format!("fd70::{n:x}").parse().unwrap()),
+                backend_type: "host-gw".into(),
+                backend_data: None,
+                backend_v6_data: None,
+            },
+            expiration: None,
+            ttl_handle: 0,
+        };
+        let (p7, p9) = (peer(7), peer(9));
+        b.add_peer(&p7).unwrap();
+        b.add_peer(&p9).unwrap();
+        let v6_routes = || -> Vec<Route> {
+            k.snapshot(NS)
+                .routes
+                .into_iter()
+                .filter(|r| r.dst.to_string().starts_with("fd00:10:"))
+                .collect()
+        };
+        let r = v6_routes();
+        assert_eq!(r.len(), 2);
+        let r7 = r
+            .iter()
+            .find(|r| r.dst.to_string() == "fd00:10:0:7::/64")
+            .unwrap();
+        assert_eq!(r7.gateway, Some("fd70::7".parse().unwrap()));
+        assert_eq!(r7.oif, Some(idx));
+        // Reconcile to {7} drops 9's v6 route; a deleted one comes back.
+        let peers: BTreeMap<_, _> = [(p7.key.v4, p7.clone())].into();
+        b.reconcile(&peers).unwrap();
+        assert_eq!(v6_routes().len(), 1);
+        k.netlink(NS).delete_route(&v6_routes()[0]).unwrap();
+        let report = b.reconcile(&peers).unwrap();
+        assert_eq!(report.added, 1, "{report:?}");
+        assert_eq!(v6_routes().len(), 1);
+        b.remove_peer(&p7).unwrap();
+        assert!(v6_routes().is_empty());
+        // Behind NAT (public IPv6 differs from the interface's) is refused.
+        let mut nat = ext;
+        nat.public_ipv6 = Some("2001:db8::1".parse().unwrap());
+        let mut b = HostGwBackend::new(k.netlink(NS), "10.244.0.0/16".parse().unwrap(), nat)
+            .with_ipv6("fd00:10::/56".parse().unwrap());
         assert!(b.prepare().unwrap_err().to_string().contains("NAT"));
     }
 }

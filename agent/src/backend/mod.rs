@@ -14,9 +14,9 @@ pub mod hostgw;
 pub mod vxlan;
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use kernel::netlink::{Route, MAIN_TABLE};
 
 use crate::lease::Lease;
@@ -30,6 +30,10 @@ pub struct ExtIface {
     pub addr: Ipv4Addr,
     /// What we advertise (`--public-ip`, else `addr`).
     pub public_ip: Ipv4Addr,
+    /// The interface's global IPv6 address (the IPv6 VXLAN source), if it has one.
+    pub addr6: Option<Ipv6Addr>,
+    /// What we advertise as `PublicIPv6` (`--public-ipv6`, else `addr6`).
+    pub public_ipv6: Option<Ipv6Addr>,
     pub mtu: u32,
 }
 
@@ -121,8 +125,16 @@ pub trait Backend: Send {
     fn mtu(&self) -> u32;
     /// Creates or adopts the backend's device; returns the lease's `BackendData`.
     fn prepare(&mut self) -> Result<Option<serde_json::Value>, BackendError>;
+    /// The lease's `BackendV6Data` (valid after `prepare`; None without IPv6).
+    fn backend_v6_data(&self) -> Option<serde_json::Value> {
+        None
+    }
     /// Applies our own lease (vxlan: the device address).
     fn configure_own(&mut self, own: Ipv4Net) -> Result<(), BackendError>;
+    /// Applies the IPv6 part of our own lease (vxlan: the IPv6 device address).
+    fn configure_own_v6(&mut self, _own: Ipv6Net) -> Result<(), BackendError> {
+        Ok(())
+    }
     /// Programs one peer (idempotent).
     fn add_peer(&mut self, peer: &Lease) -> Result<(), BackendError>;
     /// Removes one peer's entries (missing entries are fine).
@@ -179,6 +191,27 @@ pub(crate) fn direct_oif(routes: &[Route], ip: Ipv4Addr) -> Result<u32, String> 
 
 pub(crate) fn ip4(a: Ipv4Addr) -> IpAddr {
     IpAddr::V4(a)
+}
+
+pub(crate) fn ip6(a: Ipv6Addr) -> IpAddr {
+    IpAddr::V6(a)
+}
+
+pub(crate) fn v6_dst(route: &Route) -> Option<Ipv6Net> {
+    match route.dst {
+        IpNet::V6(n) => Some(n),
+        IpNet::V4(_) => None,
+    }
+}
+
+/// The main table's IPv6 routes.
+pub(crate) fn routes_v6(nl: &mut dyn kernel::netlink::Netlink) -> Result<Vec<Route>, BackendError> {
+    let filter = kernel::netlink::RouteFilter {
+        family: Some(kernel::netlink::Family::V6),
+        table: Some(MAIN_TABLE),
+        oif: None,
+    };
+    nl.routes(&filter).map_err(kerr("list", "IPv6 routes"))
 }
 
 #[cfg(test)]
