@@ -49,13 +49,21 @@ pub(crate) fn link_ref_message(link: LinkRef<'_>) -> LinkMessage {
     msg
 }
 
-pub(crate) fn new_bridge(spec: &BridgeSpec<'_>) -> LinkMessage {
+/// A new link's common attributes: name, and MTU / MAC when given.
+fn named_link(name: &str, mtu: Option<u32>, mac: Option<MacAddr>) -> LinkMessage {
     let mut msg = LinkMessage::default();
-    msg.attributes
-        .push(LinkAttribute::IfName(spec.name.to_owned()));
-    if let Some(mtu) = spec.mtu {
+    msg.attributes.push(LinkAttribute::IfName(name.to_owned()));
+    if let Some(mtu) = mtu {
         msg.attributes.push(LinkAttribute::Mtu(mtu));
     }
+    if let Some(mac) = mac {
+        msg.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
+    }
+    msg
+}
+
+pub(crate) fn new_bridge(spec: &BridgeSpec<'_>) -> LinkMessage {
+    let mut msg = named_link(spec.name, spec.mtu, None);
     let mut info = vec![LinkInfo::Kind(InfoKind::Bridge)];
     if spec.vlan_filtering {
         // Only on request: kernels without CONFIG_BRIDGE_VLAN_FILTERING
@@ -69,30 +77,14 @@ pub(crate) fn new_bridge(spec: &BridgeSpec<'_>) -> LinkMessage {
 }
 
 pub(crate) fn new_veth(spec: &VethSpec<'_>) -> LinkMessage {
-    let mut peer = LinkMessage::default();
-    peer.attributes
-        .push(LinkAttribute::IfName(spec.peer_name.to_owned()));
-    if let Some(mtu) = spec.mtu {
-        peer.attributes.push(LinkAttribute::Mtu(mtu));
-    }
-    if let Some(mac) = spec.peer_mac {
-        peer.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
-    }
+    let mut peer = named_link(spec.peer_name, spec.mtu, spec.peer_mac);
     if let Some(ns) = spec.peer_netns {
         // The kernel resolves the fd while handling the request, so it only
         // has to stay open until then; `spec` borrowing `ns` guarantees that.
         peer.attributes
             .push(LinkAttribute::NetNsFd(ns.as_fd().as_raw_fd()));
     }
-    let mut msg = LinkMessage::default();
-    msg.attributes
-        .push(LinkAttribute::IfName(spec.name.to_owned()));
-    if let Some(mtu) = spec.mtu {
-        msg.attributes.push(LinkAttribute::Mtu(mtu));
-    }
-    if let Some(mac) = spec.mac {
-        msg.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
-    }
+    let mut msg = named_link(spec.name, spec.mtu, spec.mac);
     msg.attributes.push(LinkAttribute::LinkInfo(vec![
         LinkInfo::Kind(InfoKind::Veth),
         LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
@@ -114,15 +106,7 @@ pub(crate) fn new_vxlan(spec: &VxlanSpec<'_>) -> LinkMessage {
     if let Some(dev) = spec.underlying {
         data.push(InfoVxlan::Link(dev));
     }
-    let mut msg = LinkMessage::default();
-    msg.attributes
-        .push(LinkAttribute::IfName(spec.name.to_owned()));
-    if let Some(mtu) = spec.mtu {
-        msg.attributes.push(LinkAttribute::Mtu(mtu));
-    }
-    if let Some(mac) = spec.mac {
-        msg.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
-    }
+    let mut msg = named_link(spec.name, spec.mtu, spec.mac);
     msg.attributes.push(LinkAttribute::LinkInfo(vec![
         LinkInfo::Kind(InfoKind::Vxlan),
         LinkInfo::Data(InfoData::Vxlan(data)),
