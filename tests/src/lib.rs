@@ -452,6 +452,21 @@ impl Env {
 }
 
 /// Files under `dir` (recursively), as relative paths, sorted.
+/// Polls `cond` every 20 ms for up to 5 s and panics naming `what` if it never holds.
+/// For kernel work that is asynchronous by design: dropping the last reference to a
+/// network namespace queues its teardown (`cleanup_net` on a workqueue), so the host end
+/// of a pod's veth outlives the namespace for a moment.
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "timed out: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 pub fn list_files(dir: &Path) -> Vec<String> {
     fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
         let Ok(rd) = std::fs::read_dir(dir) else {

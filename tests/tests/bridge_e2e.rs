@@ -8,12 +8,12 @@
 //! masqueraded pod reaches an "outside" namespace that sees the node's address; MTU
 //! limits packets; IPv6 flows between pods.
 
-use e2e::{json, list_files, Env, Impl, NetNs, Outcome, World};
+use e2e::{eventually, json, list_files, Env, Impl, NetNs, Outcome, World};
 use serde_json::Value;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const NET: &str = "e2enet";
 
@@ -143,19 +143,6 @@ fn leftovers(w: &World) -> Vec<String> {
             .map(|l| format!("iptables {l}")),
     );
     left
-}
-
-/// Polls `cond` for up to 5 s (the kernel destroys a dead namespace's devices
-/// asynchronously).
-fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "timed out: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Runs `f` on a thread that joined the namespace at `path`; sockets it creates stay there.

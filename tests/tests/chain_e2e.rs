@@ -3,7 +3,7 @@
 //! exec'ing the plugins with exactly what a 1.1 runtime sends. Every conflist in
 //! conf-examples/ is exercised here, with its paths pointed into the test's temp dir.
 
-use e2e::{json, list_files, Env, Impl, NetNs, World};
+use e2e::{eventually, json, list_files, Env, Impl, NetNs, World};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -229,7 +229,14 @@ fn cni_1_1_conflist_as_a_1_1_runtime_drives_it() {
     let status_env = Env::new("STATUS", "", "").ifname("");
     w.exec("flannel", &status_env, &plain).ok();
     // The stale pod's namespace dies without a DEL (a crashed runtime); GC reclaims it.
+    let stale_veth = r_stale["interfaces"][1]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     drop(stale);
+    eventually("the dead pod's host veth disappears", || {
+        !w.node.links().contains(&stale_veth)
+    });
     let valid = json!([{"containerID": "keep", "ifname": "eth0"}]);
     let gc = plugin_stdin(
         &list,
