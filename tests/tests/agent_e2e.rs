@@ -12,8 +12,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const SWITCH_IP: &str = "10.250.0.254";
-const VXLAN_CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#;
-const HOSTGW_CONFIG: &str = r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#;
+// Our agents lease from 10.244.1.0–10.244.63.0 only (flanneld's SubnetMin/SubnetMax), so
+// the leases tests write by hand for foreign nodes (10.244.77.0/24 and up) can never
+// collide with a subnet an agent picked at random.
+const VXLAN_CONFIG: &str = r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.63.0","Backend":{"Type":"vxlan"}}"#;
+const HOSTGW_CONFIG: &str = r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.0","SubnetMax":"10.244.63.0","Backend":{"Type":"host-gw"}}"#;
 const ETCD_URL: &str = "http://10.250.0.254:2379";
 
 /// The agent binary: `FLANNELD_BIN` (the benchmark points it at a release build),
