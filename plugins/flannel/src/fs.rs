@@ -2,9 +2,10 @@
 //! `dataDir/<containerID>` (the on-disk format the Go plugin shares: one file per
 //! container holding the exact bytes given to the delegate).
 //!
-//! [`HostFs`] is the real thing. Saved configs are written atomically (temp file, fsync,
-//! rename, fsync of the directory) because a zero-length file after a power cut used to
-//! leave pods stuck Terminating (flannel#1662, cni-plugin#43). Every access goes through a
+//! [`HostFs`] is the real thing. Saved configs appear atomically (temp file, rename) and
+//! are made durable (fsync of the file and the directory) before ADD reports success,
+//! because a zero-length file after a power cut used to leave pods stuck Terminating
+//! (flannel#1662, cni-plugin#43). Every access goes through a
 //! descriptor of `dataDir` opened with O_NOFOLLOW, and the per-container file is opened
 //! with O_NOFOLLOW too: the plugin runs as root and must not write through, read through
 //! or delete through a symlink planted in the directory.
@@ -29,7 +30,13 @@ pub trait Fs: Sync {
     fn read_limited(&self, path: &Path, limit: usize) -> io::Result<Vec<u8>>;
 
     /// Atomically replaces `dir/<id>` with `data` (0600), creating `dir` (0700) first.
+    /// The new content is visible at once but not yet durable: see [`Fs::sync`].
     fn save(&self, dir: &Path, id: &str, data: &[u8]) -> io::Result<()>;
+
+    /// Makes what [`Fs::save`] wrote to `dir/<id>` survive a power cut (fsync of the file,
+    /// then of `dir`). Split from `save` so the journal commit can overlap the delegate's
+    /// ADD instead of adding to it.
+    fn sync(&self, dir: &Path, id: &str) -> io::Result<()>;
 
     /// The saved bytes of `dir/<id>`; `None` when there is no such file (or no `dir`).
     /// A symlink, a non-regular file or an oversized file is an `InvalidData` error: it is
@@ -135,7 +142,6 @@ impl Fs for HostFs {
             fchmod(&fd, Mode::from_bits_truncate(0o600)).map_err(errno)?;
             let mut f = File::from(fd);
             f.write_all(data)?;
-            f.sync_all()?;
             drop(f);
             renameat(&dirfd, tmp.as_str(), &dirfd, id).map_err(errno)
         })();
@@ -143,6 +149,17 @@ impl Fs for HostFs {
             let _ = unlinkat(&dirfd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
             return Err(e);
         }
+        Ok(())
+    }
+
+    fn sync(&self, dir: &Path, id: &str) -> io::Result<()> {
+        let Some(dirfd) = open_dir(dir, false)? else {
+            return Err(io::ErrorKind::NotFound.into());
+        };
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+        let fd = openat(&dirfd, id, flags, Mode::empty()).map_err(errno)?;
+        // File before directory: once the name is durable its content must be too.
+        fsync(&fd).map_err(errno)?;
         fsync(&dirfd).map_err(errno)
     }
 
@@ -236,6 +253,8 @@ mod tests {
         let dir = t.path().join("a/b/flannel");
         HostFs.save(&dir, "c1", b"{\"type\":\"bridge\"}").unwrap();
         HostFs.save(&dir, "c1", b"second").unwrap();
+        HostFs.sync(&dir, "c1").unwrap();
+        assert!(HostFs.sync(&dir, "absent").is_err());
         let meta = std::fs::metadata(dir.join("c1")).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o600);
         assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);

@@ -92,16 +92,34 @@ impl Plugin for Flannel<'_> {
                 path: dir.join(cid),
                 source,
             })?;
-        let added = cni::delegate::delegate_add(
-            req.delegator,
-            &delegate.plugin_type,
-            &bytes,
-            req.env,
-            &req.conf.cni_version,
-        );
-        let err = match added {
-            Ok(result) => return Ok(result),
-            Err(e) => e,
+        // The file is in place before the delegate runs, so a kill mid-delegation leaves
+        // the bytes for the runtime's DEL; its fsync (a journal commit, ~0.5-1 ms) runs
+        // beside the delegate, and success waits for both.
+        let (synced, added) = std::thread::scope(|s| {
+            let sync = s.spawn(|| self.fs.sync(dir, cid));
+            let added = cni::delegate::delegate_add(
+                req.delegator,
+                &delegate.plugin_type,
+                &bytes,
+                req.env,
+                &req.conf.cni_version,
+            );
+            let synced = sync
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (synced, added)
+        });
+        let err = match (added, synced) {
+            (Ok(result), Ok(())) => return Ok(result),
+            (Err(e), _) => e,
+            // Reporting success now could leave an empty config after a power cut, and a
+            // pod that can never be deleted; undo the ADD instead.
+            (Ok(_), Err(source)) => FlannelError::Store {
+                op: "sync",
+                path: dir.join(cid),
+                source,
+            }
+            .into(),
         };
         // Also reached when the delegate succeeded but printed a result we cannot read:
         // it may hold an address either way.

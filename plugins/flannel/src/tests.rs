@@ -22,6 +22,9 @@ pub(crate) struct MemFs {
     /// Paths whose load answers InvalidData (a planted symlink, say).
     invalid: Mutex<Vec<PathBuf>>,
     fail_save: Mutex<bool>,
+    fail_sync: Mutex<bool>,
+    /// Every save and sync, in order: ("save" | "sync", id).
+    writes: Mutex<Vec<(&'static str, String)>>,
     fail_remove: Mutex<bool>,
     reads: Mutex<Vec<PathBuf>>,
 }
@@ -59,10 +62,22 @@ impl Fs for MemFs {
         if *self.fail_save.lock().unwrap() {
             return Err(io::Error::from_raw_os_error(28));
         }
+        self.writes.lock().unwrap().push(("save", id.to_owned()));
         self.files
             .lock()
             .unwrap()
             .insert(dir.join(id), data.to_vec());
+        Ok(())
+    }
+    fn sync(&self, dir: &Path, id: &str) -> io::Result<()> {
+        if *self.fail_sync.lock().unwrap() {
+            return Err(io::Error::from_raw_os_error(5));
+        }
+        assert!(
+            self.files.lock().unwrap().contains_key(&dir.join(id)),
+            "sync of a config that was never saved"
+        );
+        self.writes.lock().unwrap().push(("sync", id.to_owned()));
         Ok(())
     }
     fn load(&self, dir: &Path, id: &str) -> io::Result<Option<Vec<u8>>> {
@@ -341,6 +356,34 @@ fn add_save_failure_does_not_delegate() {
     let msg = expect_err(&run(&fs, &d, "ADD", "c1", &kube_conf("0.3.1")), 999);
     assert!(msg.contains(&format!("{DATA_DIR}/c1")), "{msg}");
     assert!(d.calls().is_empty());
+}
+
+#[test]
+fn add_succeeds_only_once_the_saved_config_is_durable() {
+    let fs = MemFs::with_subnet_env(V4_ENV);
+    let d = FakeDelegator::ok();
+    let out = run(&fs, &d, "ADD", "c1", &kube_conf("0.3.1"));
+    assert_eq!(out.exit_code, 0, "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        *fs.writes.lock().unwrap(),
+        [("save", "c1".to_owned()), ("sync", "c1".to_owned())]
+    );
+}
+
+#[test]
+fn add_whose_saved_config_cannot_be_made_durable_is_rolled_back() {
+    let fs = MemFs::with_subnet_env(V4_ENV);
+    *fs.fail_sync.lock().unwrap() = true;
+    let d = FakeDelegator::ok();
+    let msg = expect_err(&run(&fs, &d, "ADD", "c1", &kube_conf("0.3.1")), 999);
+    assert!(msg.contains(&format!("{DATA_DIR}/c1")), "{msg}");
+    assert!(msg.contains("sync"), "{msg}");
+    let calls = d.calls();
+    assert_eq!(
+        calls.iter().map(|c| c.command).collect::<Vec<_>>(),
+        vec![Command::Add, Command::Del]
+    );
+    assert_eq!(fs.saved("c1"), None);
 }
 
 #[test]
