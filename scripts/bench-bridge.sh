@@ -8,6 +8,6 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (the plugins run in throwaway network namespaces)" >&2; exit 1; }
 scripts/install-deps.sh
-cargo build --release --workspace --bins
+scripts/build-release.sh
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
-CNI_TEST_BIN_DIR="$target_dir/release" "$target_dir/release/cni-bench" bridge "$@"
+CNI_TEST_BIN_DIR="$target_dir/dist" "$target_dir/release/cni-bench" bridge "$@"

@@ -7,5 +7,5 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (the plugins run in a throwaway network namespace)" >&2; exit 1; }
 scripts/install-deps.sh
-cargo build --release --quiet -p host-local -p e2e --bins
-CNI_TEST_BIN_DIR="$PWD/target/release" target/release/cni-bench host-local "$@"
+scripts/build-release.sh
+CNI_TEST_BIN_DIR="$PWD/target/dist" target/release/cni-bench host-local "$@"

@@ -13,9 +13,9 @@ if [ "${1:-}" = --pods ]; then pods="${2:?--pods needs a number}"; shift 2; fi
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (the plugins run in throwaway network namespaces)" >&2; exit 1; }
 scripts/install-deps.sh
-cargo build --release --workspace --bins
+scripts/build-release.sh
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 echo "date: $(date -u)  kernel: $(uname -r)  nproc: $(nproc)  cpu: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg) (other work on this machine skews the numbers)"
-CNI_TEST_BIN_DIR="$target_dir/release" "$target_dir/release/cni-bench" all --pods "$pods" \
+CNI_TEST_BIN_DIR="$target_dir/dist" "$target_dir/release/cni-bench" all --pods "$pods" \
   --json docs/bench/latest.json --svg docs/bench/latest.svg --md docs/bench/latest.md "$@"

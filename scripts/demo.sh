@@ -18,7 +18,7 @@ if [ "${1:-}" != "--inside" ]; then
   "$here/scripts/install-deps.sh"
   if [ -z "${DEMO_BIN_DIR:-}" ]; then
     echo "== building the release binaries (the multi-call plugin binary and flanneld)"
-    (cd "$here" && cargo build --release --quiet -p multicall -p flanneld-rs)
+    "$here/scripts/build-release.sh"
   fi
   # A new network namespace is the node; a private mount namespace keeps /run/netns
   # (where `ip netns add` puts the pods) and everything mounted here out of the machine's view.
@@ -28,7 +28,7 @@ fi
 mount -t tmpfs tmpfs /run/netns 2>/dev/null || { mkdir -p /run/netns && mount -t tmpfs tmpfs /run/netns; }
 ip link set lo up
 T="$(mktemp -d /tmp/flannel-demo.XXXXXX)"
-rel="${DEMO_BIN_DIR:-$here/target/release}"
+rel="${DEMO_BIN_DIR:-$here/target/dist}"
 declare -A agent_pid=()
 cleanup() {
   for pid in "${agent_pid[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done

@@ -10,6 +10,7 @@ pkgs=(
   iptables                      # removal of the Go plugin's legacy CNI-* chains; Go bridge's masq
   containernetworking-plugins   # the Go reference bridge/host-local in /usr/lib/cni
   jq
+  libc6-dev                     # libc.a: scripts/build-release.sh links the plugins statically
   etcd-server                   # etcd v3 for the overlay agent's store tests (started by the tests, in namespaces)
   etcd-client                   # etcdctl: the tests write leases as an operator or real flanneld would
   iputils-ping

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the three plugins into a CNI bin dir and one conflist into a CNI conf dir, as a
-# node operator would. The plugins are one multi-call binary (target/release/cni-plugins)
+# node operator would. The plugins are one multi-call binary (target/dist/cni-plugins, built
+# by scripts/build-release.sh)
 # installed as three hard links, so delegation between them runs in-process. Every file
 # is written to a temp name in the target dir and renamed into place: a runtime may exec a
 # plugin while it is being replaced, and rename(2) means it sees the old binary or the
@@ -13,7 +14,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin_dir=/opt/cni/bin
 conf_dir=/etc/cni/net.d
 conflist="$here/conf-examples/10-flannel.conflist"
-from="$here/target/release"
+from="$here/target/dist"
 uninstall=0
 plugins=(flannel bridge host-local)
 
@@ -45,7 +46,7 @@ if ((uninstall)); then
   exit 0
 fi
 
-[ -x "$from/cni-plugins" ] || { echo "install.sh: $from/cni-plugins is missing (cargo build --release --workspace --bins)" >&2; exit 1; }
+[ -x "$from/cni-plugins" ] || { echo "install.sh: $from/cni-plugins is missing (run scripts/build-release.sh)" >&2; exit 1; }
 jq -e . "$conflist" >/dev/null || { echo "install.sh: $conflist is not valid JSON" >&2; exit 1; }
 mkdir -p "$bin_dir" "$conf_dir"
 staged="$(mktemp "$bin_dir/.cni-plugins.XXXXXX")"

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (throwaway network namespaces)" >&2; exit 1; }
 scripts/install-deps.sh
-cargo build --release --quiet --workspace --bins
-export CNI_TEST_BIN_DIR="$PWD/target/release" LOAD_PODS="${1:-200}" FAULT_RUNS="${2:-300}" LOAD_PARALLEL=16
+scripts/build-release.sh
+export CNI_TEST_BIN_DIR="$PWD/target/dist" LOAD_PODS="${1:-200}" FAULT_RUNS="${2:-300}" LOAD_PARALLEL=16
 cargo test --release --quiet -p e2e --test stress_e2e -- --nocapture --test-threads=1 2>&1 \
   | grep -E 'load:|fault injection|test result|panicked|assert'

@@ -12,6 +12,7 @@ use kernel::firewall::{
 use kernel::{Firewall, NftFirewall};
 use serde_json::Value;
 use std::process::{Command, Stdio};
+use std::sync::OnceLock;
 
 /// Lists the macspoofchk attachments present, for GC.
 pub trait SpoofCheckLister {
@@ -21,8 +22,9 @@ pub trait SpoofCheckLister {
 #[derive(Debug, Clone)]
 pub struct PluginFirewall {
     inner: DefaultFirewall,
-    /// Only for locating the `nft` binary GC lists spoof checks with.
-    nft: NftFirewall,
+    /// Only for locating the `nft` binary GC lists spoof checks with; looked up on first
+    /// use, since a search of PATH on every ADD and DEL would be wasted.
+    nft: OnceLock<NftFirewall>,
 }
 
 impl Default for PluginFirewall {
@@ -35,7 +37,7 @@ impl PluginFirewall {
     pub fn new() -> Self {
         PluginFirewall {
             inner: default_firewall(),
-            nft: NftFirewall::new(),
+            nft: OnceLock::new(),
         }
     }
 }
@@ -74,7 +76,7 @@ impl Firewall for PluginFirewall {
 impl SpoofCheckLister for PluginFirewall {
     fn spoof_checks(&self) -> kernel::Result<Vec<SpoofCheckRef>> {
         const OP: &str = "list mac spoof checks";
-        let program = self.nft.program();
+        let program = self.nft.get_or_init(NftFirewall::new).program();
         let out = Command::new(program)
             .args([
                 "-j",

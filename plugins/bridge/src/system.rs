@@ -69,7 +69,13 @@ impl Pod for RealPod {
     }
 
     fn with_sysctl(&self, f: &mut (dyn FnMut(&dyn Sysctl) + Send)) -> kernel::Result<()> {
-        kernel::run_in_netns(&self.ns, || f(&ProcSysctl::default()))
+        // /proc/sys/net resolves in the opening thread's namespace. Entered on this thread
+        // and left again, as `open_pod` does: two setns calls where a helper thread would
+        // cost a clone, a stack and a signal stack. The guard switches back when `f` returns
+        // or unwinds, and aborts the process if it cannot.
+        let _back = self.ns.enter()?;
+        f(&ProcSysctl::default());
+        Ok(())
     }
 }
 

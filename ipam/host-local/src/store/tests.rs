@@ -128,6 +128,49 @@ fn cursor_parsed_like_go() {
 }
 
 #[test]
+fn cursor_is_rewritten_in_place_growing_and_shrinking() {
+    let f = fixture();
+    let store = f.store();
+    let locked = store.lock().unwrap();
+    assert!(locked.reserve(ip("10.1.0.99"), "c1", "eth0", 0).unwrap());
+    let cursor = f.net.join("last_reserved_ip.0");
+    let inode = fs::metadata(&cursor).unwrap().ino();
+    assert_eq!(mode(&cursor), 0o600 & !umask());
+    assert!(locked.reserve(ip("10.1.0.100"), "c2", "eth0", 0).unwrap());
+    assert_eq!(fs::read_to_string(&cursor).unwrap(), "10.1.0.100");
+    // Shorter than what it replaces: the tail must not survive.
+    assert!(locked.reserve(ip("10.1.0.2"), "c3", "eth0", 0).unwrap());
+    assert_eq!(fs::read_to_string(&cursor).unwrap(), "10.1.0.2");
+    assert_eq!(locked.last_reserved_ip(0), Some(ip("10.1.0.2")));
+    assert_eq!(fs::metadata(&cursor).unwrap().ino(), inode, "same file, no rename");
+}
+
+#[test]
+fn cursor_that_is_not_a_plain_file_of_ours_is_replaced_not_written_through() {
+    let f = fixture();
+    let store = f.store();
+    let locked = store.lock().unwrap();
+    let cursor = f.net.join("last_reserved_ip.0");
+    // A second hard link to a file elsewhere: writing in place would change that file.
+    let victim = f._tmp.path().join("victim");
+    fs::write(&victim, "precious").unwrap();
+    fs::hard_link(&victim, &cursor).unwrap();
+    assert!(locked.reserve(ip("10.1.0.5"), "c1", "eth0", 0).unwrap());
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(fs::read_to_string(&cursor).unwrap(), "10.1.0.5");
+    // A FIFO: never opened for writing (that would block or fail), replaced.
+    fs::remove_file(&cursor).unwrap();
+    nix::unistd::mkfifo(&cursor, Mode::from_bits_truncate(0o600)).unwrap();
+    assert!(locked.reserve(ip("10.1.0.6"), "c2", "eth0", 0).unwrap());
+    assert_eq!(fs::read_to_string(&cursor).unwrap(), "10.1.0.6");
+    // A directory cannot be replaced by rename: the reservation is given back, like Go.
+    fs::remove_file(&cursor).unwrap();
+    fs::create_dir(&cursor).unwrap();
+    assert!(locked.reserve(ip("10.1.0.7"), "c3", "eth0", 0).is_err());
+    assert!(!f.net.join("10.1.0.7").exists());
+}
+
+#[test]
 fn del_releases_via_index_and_is_idempotent() {
     let f = fixture();
     let store = f.store();
