@@ -204,9 +204,9 @@ impl Fs for HostFs {
             Err(e) => return Err(errno(e)),
         }
         remove_stale_temps(&dirfd, id);
-        // Best effort: a removal lost in a crash only makes a later DEL run again, and
-        // DEL is idempotent.
-        let _ = fsync(&dirfd);
+        // No fsync of the directory: a removal lost in a power cut only brings the file
+        // back, and then a repeated DEL replays it (DEL is idempotent) or GC removes it (the
+        // container is in no valid list). Syncing would cost every DEL a disk write.
         Ok(())
     }
 
