@@ -468,6 +468,64 @@ fn go_added_pod_is_deleted_by_ours() {
     assert!(!ipt.contains("CNI-"), "{ipt}");
 }
 
+/// A node that switched from the Go plugins to ours mid-life: pods the Go bridge added
+/// (iptables masquerading, a `CNI-…` chain each) and that vanished without a DEL are
+/// garbage-collected by our GC, chain, jump and address; a pod still in the valid list
+/// keeps all of it.
+#[test]
+fn gc_collects_the_go_plugins_iptables_masquerade_of_stale_pods() {
+    let w = go_world();
+    let c10 = conf(&w, "1.0.0", json!({"ipMasq": true}));
+    let (keep, stale) = (NetNs::new(), NetNs::new());
+    let r_keep = add(&w, "keep", &keep, &c10);
+    let r_stale = add(&w, "stale", &stale, &c10);
+    let chain_of = |cid: &str| {
+        let ipt = w.node.sh("iptables -t nat -S POSTROUTING");
+        ipt.lines()
+            .find(|l| l.contains(&format!("id: \\\"{cid}\\\"")))
+            .and_then(|l| l.split("-j ").nth(1))
+            .map(|c| c.trim().to_owned())
+            .unwrap_or_else(|| panic!("no Go jump for {cid}: {ipt}"))
+    };
+    let (keep_chain, stale_chain) = (chain_of("keep"), chain_of("stale"));
+    assert!(stale_chain.starts_with("CNI-"), "{stale_chain}");
+
+    e2e::our_binary("bridge");
+    w.install("bridge", Impl::Ours);
+    w.install("host-local", Impl::Ours);
+    let mut c11 = conf(&w, "1.1.0", json!({"ipMasq": true}));
+    let valid = json!([{"containerID": "keep", "ifname": "eth0"}]);
+    c11["cni.dev/valid-attachments"] = valid.clone();
+    c11["cni.dev/attachments"] = valid;
+    let gc_env = Env {
+        command: "GC".into(),
+        ifname: String::new(),
+        ..Default::default()
+    };
+    w.exec("bridge", &gc_env, c11.to_string().as_bytes()).ok();
+
+    let ipt = w.node.sh("iptables -t nat -S");
+    assert!(!ipt.contains(&stale_chain), "stale chain left: {ipt}");
+    assert!(
+        ipt.contains(&format!("-N {keep_chain}")) && ipt.contains(&format!("-j {keep_chain}")),
+        "the valid pod's chain must stay: {ipt}"
+    );
+    let left = reservations(&w);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].ends_with(&pod_ip(&r_keep, false)), "{left:?}");
+    assert!(!left[0].ends_with(&pod_ip(&r_stale, false)));
+    // GC again: nothing more to do, and no error.
+    w.exec("bridge", &gc_env, c11.to_string().as_bytes()).ok();
+    // The valid pod is then deleted by ours, its Go chain included.
+    let mut d = c10.clone();
+    d["prevResult"] = r_keep;
+    del(&w, "keep", keep.path(), &d);
+    drop(stale);
+    eventually("the stale pod's veth goes with its namespace", || {
+        leftovers(&w).is_empty()
+    });
+}
+
 /// The reverse: a pod of ours (and of our host-local, when built) deleted by Go's.
 #[test]
 fn our_pod_is_deleted_by_go() {

@@ -77,7 +77,11 @@ pub trait Firewall {
     fn teardown_masq(&self, attachment: &Attachment<'_>) -> Result<()>;
 
     /// Removes the masquerade rules of `network` whose attachment is not in
-    /// `valid`; returns how many rules were removed.
+    /// `valid`; returns how many rules were removed. The netlink implementation
+    /// also removes the Go plugin's iptables `CNI-…` chains of containers not
+    /// in `valid` (pods added before the node switched to us); the `nft` exec
+    /// one cannot, since `nft -j` hides iptables-nft's comments, the only
+    /// place the container ID is.
     fn gc_masq(&self, network: &str, valid: &[GcAttachment]) -> Result<usize>;
 
     /// Removes the Go plugin's iptables masquerade for a container (chain

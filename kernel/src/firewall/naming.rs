@@ -98,6 +98,20 @@ pub fn legacy_masq_comment(network: &str, container_id: &str) -> String {
     format!("name: {network:?} id: {container_id:?}")
 }
 
+/// The container whose legacy iptables masquerade a POSTROUTING rule is: the rule carries
+/// the Go comment of `network` and a container ID, and jumps to that container's legacy
+/// chain. `None` for every other rule (other networks, other tools), so GC can only ever
+/// remove what the Go plugin made for this network.
+pub fn legacy_masq_owner(network: &str, comment: &str, jump: Option<&str>) -> Option<String> {
+    let id = comment
+        .strip_prefix(&format!("name: {network:?} id: \""))?
+        .strip_suffix('"')?;
+    if id.is_empty() || id.contains('"') {
+        return None;
+    }
+    (jump == Some(legacy_masq_chain(network, id).as_str())).then(|| id.to_owned())
+}
+
 /// `<containerID>-<ifname>`, the macspoofchk reference id.
 fn spoofchk_ref(container_id: &str, ifname: &str) -> String {
     format!("{container_id}-{ifname}")
@@ -121,6 +135,25 @@ pub fn spoofchk_comment(container_id: &str, ifname: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn legacy_owner_only_for_this_networks_go_jumps() {
+        let chain = legacy_masq_chain("cbr0", "abc");
+        let comment = legacy_masq_comment("cbr0", "abc");
+        assert_eq!(
+            legacy_masq_owner("cbr0", &comment, Some(&chain)).as_deref(),
+            Some("abc")
+        );
+        // Another network, a jump elsewhere, no jump, a forged comment: not ours to touch.
+        assert_eq!(legacy_masq_owner("other", &comment, Some(&chain)), None);
+        let elsewhere = legacy_masq_chain("cbr0", "xyz");
+        assert_eq!(legacy_masq_owner("cbr0", &comment, Some(&elsewhere)), None);
+        assert_eq!(legacy_masq_owner("cbr0", &comment, None), None);
+        assert_eq!(
+            legacy_masq_owner("cbr0", "name: \"cbr0\" id: \"\"", Some(&chain)),
+            None
+        );
+    }
 
     #[test]
     fn legacy_chain_matches_the_go_plugin() {

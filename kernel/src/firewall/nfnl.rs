@@ -224,6 +224,53 @@ fn delete_masq_rules(
     })
 }
 
+/// Removes the Go plugin's iptables masquerading (POSTROUTING jump + `CNI-…` chain, in
+/// iptables-nft's `ip`/`ip6` `nat` tables) of this network's containers that are not in
+/// `keep`: pods the Go plugin added before the node switched to us, and that went away
+/// without a DEL. Go's comments name only the container, not the interface, so a container
+/// with any valid attachment keeps its chain. Returns the number of chains removed.
+fn gc_legacy_iptables_masq(
+    sock: &mut NfnlSocket,
+    network: &str,
+    keep: &HashSet<&str>,
+) -> Result<usize> {
+    const OP: &str = "garbage-collect legacy iptables masquerade";
+    retry(|_| {
+        let mut batch = Vec::new();
+        let mut removed = 0;
+        for family in [wire::NFPROTO_IPV4, wire::NFPROTO_IPV6] {
+            let mut chains: Vec<String> = Vec::new();
+            for r in table_rules(sock, OP, family, "nat", Some("POSTROUTING"))? {
+                let jump = r.jump_target();
+                let comment = r.xt_comment().or_else(|| r.comment.clone());
+                let Some(owner) = comment
+                    .as_deref()
+                    .and_then(|c| legacy_masq_owner(network, c, jump.as_deref()))
+                else {
+                    continue;
+                };
+                if keep.contains(owner.as_str()) {
+                    continue;
+                }
+                batch.push(wire::del_rule(family, "nat", "POSTROUTING", r.handle));
+                let chain = legacy_masq_chain(network, &owner);
+                if !chains.contains(&chain) {
+                    chains.push(chain);
+                }
+            }
+            for chain in &chains {
+                batch.push(wire::flush_chain(family, "nat", chain));
+                batch.push(wire::del_chain(family, "nat", chain));
+            }
+            removed += chains.len();
+        }
+        if !batch.is_empty() {
+            sock.transact(OP, &batch, None)?;
+        }
+        Ok(removed)
+    })
+}
+
 impl Firewall for NfnlFirewall {
     fn setup_masq(&self, attachment: &Attachment<'_>, ips: &[IpNet]) -> Result<()> {
         const OP: &str = "set up ip masquerade";
@@ -345,10 +392,12 @@ impl Firewall for NfnlFirewall {
             .iter()
             .map(|a| masq_instance_hash(network, &a.container_id, &a.ifname))
             .collect();
+        let keep_ids: HashSet<&str> = valid.iter().map(|a| a.container_id.as_str()).collect();
         self.with_socket(OP, |sock| {
-            delete_masq_rules(sock, OP, |(net, inst)| {
+            let ours = delete_masq_rules(sock, OP, |(net, inst)| {
                 net == net_hash && !keep.contains(inst)
-            })
+            })?;
+            Ok(ours + gc_legacy_iptables_masq(sock, network, &keep_ids)?)
         })
     }
 

@@ -77,6 +77,9 @@ const NFTA_GEN_ID: u16 = 1;
 const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
+// xt "match" expression (nft_compat), as iptables-nft writes `-m comment`.
+const NFTA_MATCH_NAME: u16 = 1;
+const NFTA_MATCH_INFO: u16 = 3;
 const NFTA_DATA_VALUE: u16 = 1;
 const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
@@ -669,6 +672,39 @@ impl Rule {
     /// decoded: such a rule is not one of ours as written).
     pub fn is(&self, want: &[Expr]) -> bool {
         self.exprs().is_ok_and(|e| e == want)
+    }
+
+    /// The comment of a rule written by iptables-nft: `-m comment` becomes an xt `comment`
+    /// match whose info is `struct xt_comment_info` (a NUL-padded string), not the rule
+    /// userdata nft itself uses, and `nft -j` does not show it.
+    pub fn xt_comment(&self) -> Option<String> {
+        attrs(&self.expressions).flatten().find_map(|(ty, elem)| {
+            if ty != NFTA_LIST_ELEM {
+                return None;
+            }
+            let mut is_match = false;
+            let mut data: &[u8] = &[];
+            for (t, v) in attrs(elem).flatten() {
+                match t {
+                    NFTA_EXPR_NAME => is_match = nul_str(v) == "match",
+                    NFTA_EXPR_DATA => data = v,
+                    _ => {}
+                }
+            }
+            if !is_match {
+                return None;
+            }
+            let mut is_comment = false;
+            let mut info = None;
+            for (t, v) in attrs(data).flatten() {
+                match t {
+                    NFTA_MATCH_NAME => is_comment = nul_str(v) == "comment",
+                    NFTA_MATCH_INFO => info = Some(nul_str(v)),
+                    _ => {}
+                }
+            }
+            info.filter(|_| is_comment)
+        })
     }
 
     /// Target of the rule's jump or goto, if it has one.
