@@ -9,5 +9,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (the plugins run in throwaway network namespaces)" >&2; exit 1; }
 scripts/install-deps.sh
 scripts/build-release.sh
+cargo build --release --quiet -p e2e --bin cni-bench
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 CNI_TEST_BIN_DIR="$target_dir/dist" "$target_dir/release/cni-bench" bridge "$@"

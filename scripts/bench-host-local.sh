@@ -8,4 +8,5 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (the plugins run in a throwaway network namespace)" >&2; exit 1; }
 scripts/install-deps.sh
 scripts/build-release.sh
+cargo build --release --quiet -p e2e --bin cni-bench
 CNI_TEST_BIN_DIR="$PWD/target/dist" target/release/cni-bench host-local "$@"

@@ -14,6 +14,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ "$(id -u)" = 0 ] || { echo "run as root (the plugins run in throwaway network namespaces)" >&2; exit 1; }
 scripts/install-deps.sh
 scripts/build-release.sh
+cargo build --release --quiet -p e2e --bin cni-bench
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 echo "date: $(date -u)  kernel: $(uname -r)  nproc: $(nproc)  cpu: $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n1)"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg) (other work on this machine skews the numbers)"

@@ -2,7 +2,7 @@
 # Builds what a node runs into target/dist/ (install.sh installs from there):
 #   cni-plugins   flannel + bridge + host-local in one file, linked statically (static-pie)
 #   flanneld      the overlay agent
-# plus target/release/ as cargo leaves it (cni-bench, the per-plugin binaries).
+# (benchmark and stress scripts build what else they need themselves).
 #
 # Why static: a plugin is a process started for every pod operation, and for such a short
 # life the dynamic loader is a large share of the cost. Measured here (scripts/bench.sh
@@ -22,7 +22,7 @@ target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 host="$(rustc -vV | sed -n 's/^host: //p')"
 dist="$target_dir/dist"
 
-cargo build --release --quiet --workspace --bins
+cargo build --release --quiet -p flanneld-rs
 case "$host" in
   *-linux-gnu*)
     RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
