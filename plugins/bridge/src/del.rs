@@ -9,6 +9,13 @@ use cni::error::join_errors;
 use cni::{CniError, Command, Request};
 use kernel::firewall::Attachment;
 use kernel::netlink::LinkRef;
+use std::time::Duration;
+
+/// How often, and how long at most, DEL looks for the pod's interface to have left the
+/// namespace before releasing its address alongside the rest of the deletion. Past the
+/// limit (a kernel slower than any seen), the release simply waits for the deletion.
+const DEL_WATCH_STEP: Duration = Duration::from_micros(250);
+const DEL_WATCH_LIMIT: Duration = Duration::from_millis(50);
 
 /// Removes the pod's interface (the kernel removes the host end with it), releases the
 /// address, and removes the attachment's firewall rules.
@@ -50,30 +57,46 @@ pub fn del(sys: &dyn System, req: &Request) -> Result<(), CniError> {
     };
     let ipam_del = |ipam: &str| delegate_simple(req.delegator, ipam, Command::Del, req.stdin, env);
     match (pod, conf.ipam_type.as_deref()) {
-        // Deleting a veth takes the kernel 10-20 ms (RCU grace periods); IPAM's DEL runs
-        // meanwhile. The link is taken down first, synchronously, so the pod can no longer
-        // answer for its address by the time IPAM hands the address out again.
-        (Some(mut pod), Some(ipam)) => {
-            match pod.netlink().set_up(LinkRef::Name(&env.ifname), false) {
-                Ok(()) => {
-                    let (link, ipam) = std::thread::scope(|s| {
-                        let worker = s.spawn(move || delete_link(pod));
-                        let ipam = ipam_del(ipam);
-                        let link = worker
-                            .join()
-                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                        (link, ipam)
-                    });
-                    errors.extend(link);
-                    ipam_errors.extend(ipam.err());
-                }
-                // Already gone (or unusable): no overlap needed.
-                Err(_) => {
-                    errors.extend(delete_link(pod));
-                    ipam_errors.extend(ipam_del(ipam).err());
-                }
+        // Deleting a veth takes the kernel 10-20 ms, most of it waiting for RCU after the
+        // device has already left the namespace. IPAM's DEL runs in that wait, but only
+        // once the interface is gone, so the pod can no longer answer for its address by
+        // the time IPAM hands the address out again. A second socket in the pod watches
+        // for that; no extra request takes the RTNL lock that concurrent ADDs and DELs
+        // queue on (taking the link down first would, with a synchronize_net inside).
+        (Some(mut pod), Some(ipam)) => match (
+            pod.netlink().link(LinkRef::Name(&env.ifname)),
+            sys.open_pod(&env.netns),
+        ) {
+            (Ok(link), Ok(mut watch)) => {
+                let (link, ipam) = std::thread::scope(|s| {
+                    let worker = s.spawn(move || delete_link(pod));
+                    let mut waited = Duration::ZERO;
+                    let gone = loop {
+                        let gone = watch
+                            .netlink()
+                            .link(LinkRef::Index(link.index))
+                            .is_err_and(|e| e.is_not_found());
+                        if gone || worker.is_finished() || waited >= DEL_WATCH_LIMIT {
+                            break gone;
+                        }
+                        sys.sleep(DEL_WATCH_STEP);
+                        waited += DEL_WATCH_STEP;
+                    };
+                    let released = gone.then(|| ipam_del(ipam));
+                    let link = worker
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                    (link, released.unwrap_or_else(|| ipam_del(ipam)))
+                });
+                errors.extend(link);
+                ipam_errors.extend(ipam.err());
             }
-        }
+            // Already gone, or no second handle: nothing to overlap.
+            _ => {
+                errors.extend(delete_link(pod));
+                ipam_errors.extend(ipam_del(ipam).err());
+            }
+        },
         (pod, ipam) => {
             errors.extend(pod.and_then(delete_link));
             if let Some(ipam) = ipam {

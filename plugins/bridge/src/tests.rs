@@ -262,6 +262,8 @@ struct FakeIpam {
     /// When set, ADD records whether `eth0` exists in this fake namespace at that time.
     iface_probe: Option<(FakeKernel, String)>,
     iface_seen: Mutex<Option<bool>>,
+    /// Likewise for DEL: whether `eth0` still existed when the address was released.
+    iface_seen_at_del: Mutex<Option<bool>>,
 }
 
 impl FakeIpam {
@@ -299,6 +301,12 @@ impl Delegator for FakeIpam {
             }
         }
         let key = format!("{}/{}", env.container_id, env.ifname);
+        if command == Command::Del {
+            if let Some((k, ns)) = &self.iface_probe {
+                let seen = k.netlink(ns).link(LinkRef::Name("eth0")).is_ok();
+                *self.iface_seen_at_del.lock().unwrap() = Some(seen);
+            }
+        }
         match command {
             Command::Add => {
                 if let Some((k, ns)) = &self.iface_probe {
@@ -1300,6 +1308,22 @@ fn del_removes_everything_and_is_idempotent() {
     // The bridge and its address stay.
     assert!(sys.host_links().contains(&"cni0".to_string()));
     assert_eq!(sys.host_snapshot().addresses.len(), 1);
+}
+
+/// The address is released only once the pod's interface is gone, so IPAM can never
+/// hand it to a new pod while the old one still answers for it.
+#[test]
+fn del_releases_the_address_only_after_the_interface_is_gone() {
+    let sys = FakeSystem::new();
+    let ipam = FakeIpam {
+        iface_probe: Some((sys.kernel.clone(), POD.to_string())),
+        ..Default::default()
+    };
+    let c = conf(json!({}));
+    do_add(&sys, &ipam, "c1", POD, &c).unwrap();
+    do_del(&sys, &ipam, "c1", POD, &c).unwrap();
+    assert_eq!(*ipam.iface_seen_at_del.lock().unwrap(), Some(false));
+    assert_clean(&sys, &ipam, POD);
 }
 
 #[test]
