@@ -192,7 +192,7 @@ impl NfnlSocket {
             let _ = setsockopt_int(fd, libc::SO_SNDBUF, SNDBUF);
         }
         let tv = libc::timeval {
-            tv_sec: RECV_TIMEOUT.as_secs() as libc::time_t,
+            tv_sec: RECV_TIMEOUT.as_secs() as _,
             tv_usec: 0,
         };
         // SAFETY: fd is the open socket owned by `socket`; the option value
