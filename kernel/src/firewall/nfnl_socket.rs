@@ -214,7 +214,8 @@ impl NfnlSocket {
             // Any start works; a non-zero one keeps our numbers apart from
             // the kernel's unsolicited messages (seq 0).
             seq: 1,
-            buf: vec![0; RECV_BUF_LEN],
+            // Never zeroed: see `recv`.
+            buf: Vec::with_capacity(RECV_BUF_LEN),
             background_release: true,
         })
     }
@@ -440,8 +441,10 @@ impl NfnlSocket {
     /// outcome is then unknown and the caller re-reads the ruleset.
     fn recv(&mut self, op: &'static str, what: impl Fn() -> String) -> Result<usize> {
         loop {
-            let mut slice: &mut [u8] = &mut self.buf[..];
-            match self.socket.recv(&mut slice, libc::MSG_TRUNC) {
+            // recv writes into the spare capacity and sets the length: only the pages a
+            // reply lands in are ever touched.
+            self.buf.clear();
+            match self.socket.recv(&mut self.buf, libc::MSG_TRUNC) {
                 Ok(n) if n > RECV_BUF_LEN => {
                     return Err(protocol(
                         op,

@@ -87,7 +87,9 @@ impl RouteSocket {
         Ok(RouteSocket {
             socket,
             seq: 0,
-            buf: vec![0; RECV_BUF_LEN],
+            // Never zeroed: recv writes into the spare capacity and sets the length, so
+            // only the pages a reply lands in are ever touched (peak RSS).
+            buf: Vec::with_capacity(RECV_BUF_LEN),
         })
     }
 
@@ -152,8 +154,8 @@ impl RouteSocket {
         let mut reply = Reply::default();
         loop {
             let len = loop {
-                let mut slice: &mut [u8] = &mut self.buf[..];
-                match self.socket.recv(&mut slice, libc::MSG_TRUNC) {
+                self.buf.clear();
+                match self.socket.recv(&mut self.buf, libc::MSG_TRUNC) {
                     Ok(n) => break n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(ctx.errno(io_errno(&e), None)),
