@@ -142,7 +142,11 @@ fn cursor_is_rewritten_in_place_growing_and_shrinking() {
     assert!(locked.reserve(ip("10.1.0.2"), "c3", "eth0", 0).unwrap());
     assert_eq!(fs::read_to_string(&cursor).unwrap(), "10.1.0.2");
     assert_eq!(locked.last_reserved_ip(0), Some(ip("10.1.0.2")));
-    assert_eq!(fs::metadata(&cursor).unwrap().ino(), inode, "same file, no rename");
+    assert_eq!(
+        fs::metadata(&cursor).unwrap().ino(),
+        inode,
+        "same file, no rename"
+    );
 }
 
 #[test]
