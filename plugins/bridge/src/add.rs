@@ -493,24 +493,45 @@ impl Add<'_> {
                 return Err(BridgeError::IpamNoIps);
             }
             let plan = plan::plan(&ipam_result, conf, (offset + POD_IFINDEX_IN_RESULT) as u32);
-            self.configure_pod(container.index, &plan)?;
-            if conf.is_gateway {
-                if let Some(vlan_if) = self.configure_gateways(&plan)? {
-                    extra_interfaces.push(vlan_if);
-                }
-            }
-            if conf.ip_masq {
-                let ips: Vec<IpNet> = plan.ips.iter().map(|ip| ip.address).collect();
-                let att = Attachment {
-                    network: &self.req.conf.name,
-                    container_id: &env.container_id,
-                    ifname: &env.ifname,
-                };
-                self.created.masq = true;
-                self.sys
-                    .firewall()
-                    .setup_masq(&att, &ips)
-                    .map_err(|e| BridgeError::kernel("failed to set up ip masquerading", e))?;
+            let masq_ips: Option<Vec<IpNet>> = conf
+                .ip_masq
+                .then(|| plan.ips.iter().map(|ip| ip.address).collect());
+            // Recorded before the attempt: a failed transaction may still have created the
+            // table, and teardown of what is absent is a no-op.
+            self.created.masq = masq_ips.is_some();
+            let (sys, network) = (self.sys, self.req.conf.name.as_str());
+            // The masquerade rule needs only the addresses, not the interface: its nf_tables
+            // transaction (0.3-0.6 ms) runs beside the pod's and the gateway's setup. An
+            // interface failure still wins the report, as the Go plugin, which masquerades
+            // last, would have stopped there.
+            let (configured, masq) = std::thread::scope(|s| {
+                let masq = masq_ips.as_ref().map(|ips| {
+                    s.spawn(move || {
+                        let att = Attachment {
+                            network,
+                            container_id: &env.container_id,
+                            ifname: &env.ifname,
+                        };
+                        sys.firewall().setup_masq(&att, ips)
+                    })
+                });
+                let configured = self.configure_pod(container.index, &plan).and_then(|()| {
+                    if conf.is_gateway {
+                        self.configure_gateways(&plan)
+                    } else {
+                        Ok(None)
+                    }
+                });
+                let masq = masq.map(|worker| {
+                    worker
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                });
+                (configured, masq)
+            });
+            extra_interfaces.extend(configured?);
+            if let Some(masq) = masq {
+                masq.map_err(|e| BridgeError::kernel("failed to set up ip masquerading", e))?;
             }
             ours.ips = plan.ips;
             ours.routes = plan.routes;
