@@ -689,83 +689,35 @@ fn zz_nothing_leaks_into_the_original_namespace() {
 }
 
 /// GC removes the Go plugin's iptables masquerading (iptables-nft: the comment is an xt
-/// match, not rule userdata) of containers not in the valid list, and nothing else.
+/// match, not rule userdata) of containers not in the valid list, in both families, and
+/// nothing else.
 #[test]
 fn gc_removes_legacy_iptables_masq_of_stale_containers_only() {
     let Some(_ns) = isolate() else { return };
-    let add = |cid: &str, src: &str| {
-        let chain = legacy_masq_chain("gcnet", cid);
-        let comment = legacy_masq_comment("gcnet", cid);
-        run("iptables", &["-t", "nat", "-N", &chain]);
-        run(
-            "iptables",
-            &[
-                "-t",
-                "nat",
-                "-A",
-                &chain,
-                "!",
-                "-d",
-                "224.0.0.0/4",
-                "-j",
-                "MASQUERADE",
-                "-m",
-                "comment",
-                "--comment",
-                &comment,
-            ],
-        );
-        run(
-            "iptables",
-            &[
-                "-t",
-                "nat",
-                "-A",
-                "POSTROUTING",
-                "-s",
-                src,
-                "-j",
-                &chain,
-                "-m",
-                "comment",
-                "--comment",
-                &comment,
-            ],
-        );
+    let install = |network: &str, cid: &str| {
+        let chain = legacy_masq_chain(network, cid);
+        iptables_legacy_rules(&chain, &legacy_masq_comment(network, cid));
         chain
     };
-    let stale = add("stale", "10.99.1.2");
-    let keep = add("keep", "10.99.1.3");
+    let stale = install("gcnet", "stale");
+    let keep = install("gcnet", "keep");
     // Same shape, another network: not this GC's business.
-    let other = legacy_masq_chain("othernet", "stale");
-    run("iptables", &["-t", "nat", "-N", &other]);
-    let other_comment = legacy_masq_comment("othernet", "stale");
-    run(
-        "iptables",
-        &[
-            "-t",
-            "nat",
-            "-A",
-            "POSTROUTING",
-            "-s",
-            "10.99.2.2",
-            "-j",
-            &other,
-            "-m",
-            "comment",
-            "--comment",
-            &other_comment,
-        ],
-    );
+    let other = install("othernet", "stale");
     let fw = NfnlFirewall::new();
     let valid = [GcAttachment {
         container_id: "keep".into(),
         ifname: "eth0".into(),
     }];
-    assert_eq!(fw.gc_masq("gcnet", &valid).unwrap(), 1);
-    let left = run("iptables", &["-t", "nat", "-S"]);
-    assert!(!left.contains(&stale), "{left}");
-    assert!(left.contains(&format!("-j {keep}")), "{left}");
-    assert!(left.contains(&format!("-j {other}")), "{left}");
+    assert_eq!(
+        fw.gc_masq("gcnet", &valid).unwrap(),
+        2,
+        "one chain per family"
+    );
+    for bin in ["iptables", "ip6tables"] {
+        let left = run(bin, &["-t", "nat", "-S"]);
+        assert!(!left.contains(&stale), "{bin}: {left}");
+        assert!(left.contains(&format!("-j {keep}")), "{bin}: {left}");
+        assert!(left.contains(&format!("-j {other}")), "{bin}: {left}");
+    }
     assert_eq!(fw.gc_masq("gcnet", &valid).unwrap(), 0);
 }

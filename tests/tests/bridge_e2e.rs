@@ -497,11 +497,7 @@ fn gc_collects_the_go_plugins_iptables_masquerade_of_stale_pods() {
     let valid = json!([{"containerID": "keep", "ifname": "eth0"}]);
     c11["cni.dev/valid-attachments"] = valid.clone();
     c11["cni.dev/attachments"] = valid;
-    let gc_env = Env {
-        command: "GC".into(),
-        ifname: String::new(),
-        ..Default::default()
-    };
+    let gc_env = Env::new("GC", "", "").ifname("");
     w.exec("bridge", &gc_env, c11.to_string().as_bytes()).ok();
 
     let ipt = w.node.sh("iptables -t nat -S");
