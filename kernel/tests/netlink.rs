@@ -87,8 +87,9 @@ fn bridge_veth_and_link_attributes() {
     assert!(err.is_exists(), "{err}");
     assert!(err.to_string().contains("eth0"), "{err}");
 
-    host.set_master("vethtest0".into(), Some(br.index)).unwrap();
-    host.set_up("vethtest0".into(), true).unwrap();
+    // Enslaved and up in one request (what ADD does).
+    host.set_master_and_up("vethtest0".into(), br.index)
+        .unwrap();
     host.set_up(LinkRef::Index(br.index), true).unwrap();
     pod_sock.set_up("eth0".into(), true).unwrap();
     let veth = host.link(LinkRef::Index(veth.index)).unwrap();

@@ -299,16 +299,24 @@ impl L2<'_> {
 
     fn attach_port(&mut self, veth: &Link, br: &Link) -> Result<(), BridgeError> {
         let (name, conf) = (veth.name.as_str(), self.conf);
+        // Before the link comes up, when IPv6 would start on it: "we own the routes".
+        if let Ok(key) = SysctlKey::interface(Family::V6, name, "accept_ra") {
+            let _ = self.sys.host_sysctl().write(&key, "0");
+        }
         self.host
-            .set_master(LinkRef::Index(veth.index), Some(br.index))
+            .set_master_and_up(LinkRef::Index(veth.index), br.index)
             .map_err(|e| {
                 BridgeError::kernel(
-                    format!("failed to connect {name:?} to bridge {}", br.name),
+                    format!(
+                        "failed to connect {name:?} to bridge {} and set it up",
+                        br.name
+                    ),
                     e,
                 )
             })?;
         // A new port starts with hairpin and isolation off: only a request for either
-        // costs a round trip.
+        // costs a round trip. Nothing crosses the port yet (the pod end has no address),
+        // so setting them on a port that is already up changes nothing observable.
         if conf.hairpin || conf.port_isolation {
             let flags = BridgePortFlags {
                 hairpin: conf.hairpin.then_some(true),
@@ -323,12 +331,7 @@ impl L2<'_> {
                 .set_bridge_port(veth.index, &flags)
                 .map_err(|e| BridgeError::kernel(what, e))?;
         }
-        if let Ok(key) = SysctlKey::interface(Family::V6, name, "accept_ra") {
-            let _ = self.sys.host_sysctl().write(&key, "0");
-        }
-        self.host
-            .set_up(LinkRef::Index(veth.index), true)
-            .map_err(|e| BridgeError::kernel(format!("failed to set {name:?} up"), e))
+        Ok(())
     }
 }
 
