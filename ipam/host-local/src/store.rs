@@ -32,7 +32,7 @@ use std::ffi::CStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
@@ -137,21 +137,6 @@ thread_local! {
     /// Directory entries read and files probed by this thread; lets tests assert that an
     /// operation's cost is independent of the number of reservations, without timing noise.
     pub(crate) static FS_PROBES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-#[cfg(test)]
-thread_local! {
-    /// Makes this thread take the named-temp-file path, as on a file system without
-    /// O_TMPFILE.
-    pub(crate) static NO_TMPFILE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-fn tmpfile_allowed() -> bool {
-    #[cfg(test)]
-    if NO_TMPFILE.with(|c| c.get()) {
-        return false;
-    }
-    true
 }
 
 fn count_probes(_n: usize) {
@@ -547,51 +532,15 @@ impl LockedStore<'_> {
         // namespace died with the node anyway; GC releases it, since an empty or garbled
         // owner is never in a valid-attachments list. A killed process cannot leave one:
         // the name appears only once the content is written.
-        self.create_linked(self.net(), name, self.net_file(name), content)
-    }
-
-    /// Gives `dir/name` the content `content`, atomically: the name appears with all of it
-    /// or not at all. `Ok(false)` if the name exists. The content goes into an unnamed
-    /// O_TMPFILE inode in `dir` that is then linked in: one inode and one directory entry,
-    /// nothing for a killed process to leave behind. File systems without O_TMPFILE (or
-    /// no /proc to link it through) get a named temp file, a link and an unlink instead.
-    fn create_linked(
-        &self,
-        dir: BorrowedFd<'_>,
-        name: &str,
-        path: PathBuf,
-        content: &[u8],
-    ) -> Result<bool, IpamError> {
-        let flags = OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC;
-        let unnamed = tmpfile_allowed()
-            .then(|| openat(dir, ".", flags, Mode::from_bits_truncate(0o600)).map(File::from));
-        if let Some(Ok(mut file)) = unnamed {
-            file.write_all(content)
-                .map_err(|e| IpamError::io("write", &path, e))?;
-            let proc_path = format!("/proc/self/fd/{}", file.as_raw_fd());
-            match linkat(
-                AT_FDCWD,
-                proc_path.as_str(),
-                dir,
-                name,
-                AtFlags::AT_SYMLINK_FOLLOW,
-            ) {
-                Ok(()) => return Ok(true),
-                Err(Errno::EEXIST) => return Ok(false),
-                // /proc not mounted: the named way below still works.
-                Err(Errno::ENOENT) => {}
-                Err(e) => return Err(IpamError::io("create", path, e)),
-            }
-        }
         let tmp = self.create_temp(content)?;
-        let linked = linkat(self.tmp(), tmp.as_str(), dir, name, AtFlags::empty());
-        // If this unlink fails the temp is a second name of the inode; the next lock holder
-        // removes that name only.
+        let linked = linkat(self.tmp(), tmp.as_str(), self.net(), name, AtFlags::empty());
+        // If this unlink fails the temp is a second name of the reservation inode; the next
+        // lock holder removes that name only.
         let _ = unlinkat(self.tmp(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
         match linked {
             Ok(()) => Ok(true),
             Err(Errno::EEXIST) => Ok(false),
-            Err(e) => Err(IpamError::io("create", path, e)),
+            Err(e) => Err(IpamError::io("create", self.net_file(name), e)),
         }
     }
 
@@ -644,9 +593,8 @@ impl LockedStore<'_> {
             .map_err(|e| IpamError::io("read", self.side_file(name), e))
     }
 
-    /// Writes the index, or removes it when empty. `fresh`: no index exists yet (the common
-    /// case, an attachment's first address), so it is created in place of replaced.
-    fn write_index(&self, name: &str, ips: &[IpAddr], fresh: bool) -> Result<(), IpamError> {
+    /// Writes the index, or removes it when empty.
+    fn write_index(&self, name: &str, ips: &[IpAddr]) -> Result<(), IpamError> {
         if ips.is_empty() {
             return match unlinkat(self.side(), name, UnlinkatFlags::NoRemoveDir) {
                 Ok(()) | Err(Errno::ENOENT) => Ok(()),
@@ -654,11 +602,6 @@ impl LockedStore<'_> {
             };
         }
         let content: String = ips.iter().map(|ip| format!("{ip}\n")).collect();
-        if fresh
-            && self.create_linked(self.side(), name, self.side_file(name), content.as_bytes())?
-        {
-            return Ok(());
-        }
         self.write_atomic(self.side(), name, self.side_file(name), content.as_bytes())
     }
 
@@ -711,7 +654,7 @@ impl LockedStore<'_> {
                     ips.push(ip);
                 }
             }
-            self.write_index(&index, &ips, false)?;
+            self.write_index(&index, &ips)?;
         }
         self.write_atomic(
             self.side(),
@@ -750,11 +693,11 @@ impl LockedStore<'_> {
         }
         let index = index_name(container_id, ifname);
         if let Some(index) = &index {
-            let listed = self.verified_index(index, |o| o.is_attachment(container_id, ifname))?;
-            let fresh = listed.is_none();
-            let mut ips = listed.unwrap_or_default();
+            let mut ips = self
+                .verified_index(index, |o| o.is_attachment(container_id, ifname))?
+                .unwrap_or_default();
             ips.push(ip);
-            self.write_index(index, &ips, fresh)?;
+            self.write_index(index, &ips)?;
         }
         let content = reservation_content(container_id, ifname);
         if !self.link_new(&name, content.as_bytes())? {
@@ -819,7 +762,7 @@ impl LockedStore<'_> {
         if let Some(index) = index_name(container_id, ifname) {
             if let Some(listed) = self.read_index(&index)? {
                 let rest: Vec<IpAddr> = listed.into_iter().filter(|ip| !ips.contains(ip)).collect();
-                self.write_index(&index, &rest, false)?;
+                self.write_index(&index, &rest)?;
             }
         }
         first_error.map_or(Ok(()), Err)
@@ -866,7 +809,7 @@ impl LockedStore<'_> {
                     }
                     if legacy_fallback && errors.is_empty() {
                         if let Some(legacy) = legacy_index_name(container_id) {
-                            if let Err(e) = self.write_index(&legacy, &[], false) {
+                            if let Err(e) = self.write_index(&legacy, &[]) {
                                 errors.push(e);
                             }
                         }
@@ -878,7 +821,7 @@ impl LockedStore<'_> {
         errors.extend(index_error);
         // Keep the index when something failed, so a retried DEL still finds the addresses.
         if let (Some(index), true) = (&index, errors.is_empty()) {
-            if let Err(e) = self.write_index(index, &[], false) {
+            if let Err(e) = self.write_index(index, &[]) {
                 errors.push(e);
             }
         }
@@ -946,7 +889,7 @@ impl LockedStore<'_> {
                     } else {
                         Ok(Vec::new())
                     };
-                    if let Err(e) = pruned.and_then(|ips| self.write_index(name, &ips, false)) {
+                    if let Err(e) = pruned.and_then(|ips| self.write_index(name, &ips)) {
                         errors.push(e);
                     }
                 }

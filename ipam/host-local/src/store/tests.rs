@@ -127,27 +127,6 @@ fn cursor_parsed_like_go() {
     assert_eq!(locked.last_reserved_ip(3), Some(ip("10.1.0.3")));
 }
 
-/// Without O_TMPFILE (or /proc), reservations and indexes go through named temp files:
-/// same names, contents and modes, and no temp file left.
-#[test]
-fn reservations_without_o_tmpfile_are_the_same() {
-    let f = fixture();
-    let store = f.store();
-    let locked = store.lock().unwrap();
-    assert!(locked.reserve(ip("10.1.0.2"), "c1", "eth0", 0).unwrap());
-    NO_TMPFILE.with(|c| c.set(true));
-    assert!(locked.reserve(ip("10.1.0.3"), "c2", "eth0", 0).unwrap());
-    NO_TMPFILE.with(|c| c.set(false));
-    for (ipn, owner) in [("10.1.0.2", "c1\r\neth0"), ("10.1.0.3", "c2\r\neth0")] {
-        assert_eq!(fs::read_to_string(f.net.join(ipn)).unwrap(), owner);
-        assert_eq!(mode(&f.net.join(ipn)), mode(&f.net.join("10.1.0.2")));
-    }
-    assert_eq!(locked.reserved_by("c2", "eth0").unwrap(), [ip("10.1.0.3")]);
-    assert!(names(&f.side.join(".tmp")).is_empty());
-    // Not re-created over an existing name either way.
-    assert!(!locked.reserve(ip("10.1.0.3"), "c3", "eth0", 0).unwrap());
-}
-
 #[test]
 fn cursor_is_rewritten_in_place_growing_and_shrinking() {
     let f = fixture();
