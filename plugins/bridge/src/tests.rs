@@ -129,6 +129,21 @@ struct FakeSystem {
 }
 
 impl FakeSystem {
+    /// `cni0` as an earlier ADD (or an admin) left it, down, with `addresses`; its index.
+    fn existing_bridge(&self, addresses: &[&str]) -> u32 {
+        let mut host = self.host();
+        host.create_bridge(&BridgeSpec {
+            name: "cni0",
+            ..Default::default()
+        })
+        .unwrap();
+        let index = host.link(LinkRef::Name("cni0")).unwrap().index;
+        for a in addresses {
+            host.add_address(index, a.parse().unwrap()).unwrap();
+        }
+        index
+    }
+
     fn new() -> FakeSystem {
         let kernel = FakeKernel::new();
         let host = NetNs::current().unwrap().path().display().to_string();
@@ -744,35 +759,13 @@ fn dual_stack_sets_ipv6_sysctls_and_both_gateways() {
 fn ipv6_bridge_addresses_conflict_only_when_overlapping() {
     let sys = FakeSystem::new();
     let ipam = FakeIpam::dual();
-    let mut host = sys.host();
-    host.create_bridge(&BridgeSpec {
-        name: "cni0",
-        ..Default::default()
-    })
-    .unwrap();
-    let br = host.link(LinkRef::Name("cni0")).unwrap();
-    host.add_address(br.index, "10.244.1.1/24".parse().unwrap())
-        .unwrap();
-    host.add_address(br.index, "fe80::1/64".parse().unwrap())
-        .unwrap();
-    host.add_address(br.index, "fd00:2::1/64".parse().unwrap())
-        .unwrap();
+    sys.existing_bridge(&["10.244.1.1/24", "fe80::1/64", "fd00:2::1/64"]);
     do_add(&sys, &ipam, "c1", POD, &conf(json!({}))).unwrap();
     let n = sys.host_snapshot().addresses.len();
     assert_eq!(n, 4, "link-local and other IPv6 subnets coexist");
 
     let sys = FakeSystem::new();
-    let mut host = sys.host();
-    host.create_bridge(&BridgeSpec {
-        name: "cni0",
-        ..Default::default()
-    })
-    .unwrap();
-    let br = host.link(LinkRef::Name("cni0")).unwrap();
-    host.add_address(br.index, "10.244.1.1/24".parse().unwrap())
-        .unwrap();
-    host.add_address(br.index, "fd00::1/16".parse().unwrap())
-        .unwrap();
+    sys.existing_bridge(&["10.244.1.1/24", "fd00::1/16"]);
     let e = do_add(&sys, &ipam, "c1", POD, &conf(json!({}))).unwrap_err();
     assert!(
         e.msg
@@ -787,15 +780,7 @@ fn ipv6_bridge_addresses_conflict_only_when_overlapping() {
 fn bridge_address_conflict_is_explained_and_force_address_replaces() {
     let sys = FakeSystem::new();
     let ipam = FakeIpam::default();
-    let mut host = sys.host();
-    host.create_bridge(&BridgeSpec {
-        name: "cni0",
-        ..Default::default()
-    })
-    .unwrap();
-    let br = host.link(LinkRef::Name("cni0")).unwrap();
-    host.add_address(br.index, "10.244.9.1/24".parse().unwrap())
-        .unwrap();
+    sys.existing_bridge(&["10.244.9.1/24"]);
     let e = do_add(&sys, &ipam, "c1", POD, &conf(json!({}))).unwrap_err();
     assert_eq!(e.code, 7);
     assert!(
@@ -826,13 +811,9 @@ fn bridge_address_conflict_is_explained_and_force_address_replaces() {
 fn bridge_with_zero_mac_is_not_pinned_to_zero() {
     let sys = FakeSystem::new();
     let ipam = FakeIpam::default();
-    let mut host = sys.host();
-    host.create_bridge(&BridgeSpec {
-        name: "cni0",
-        ..Default::default()
-    })
-    .unwrap();
-    host.set_mac(LinkRef::Name("cni0"), MacAddr([0; 6]))
+    sys.existing_bridge(&[]);
+    sys.host()
+        .set_mac(LinkRef::Name("cni0"), MacAddr([0; 6]))
         .unwrap();
     let before = sys.calls_matching("set_mac");
     do_add(&sys, &ipam, "c1", POD, &conf(json!({}))).unwrap();
@@ -1034,12 +1015,7 @@ fn rollback_on_every_injected_failure() {
         let ipam = FakeIpam::default();
         if method == "set_mac" {
             // Let the bridge exist first so the failure hits the gateway step.
-            sys.host()
-                .create_bridge(&BridgeSpec {
-                    name: "cni0",
-                    ..Default::default()
-                })
-                .unwrap();
+            sys.existing_bridge(&[]);
             sys.host().set_up(LinkRef::Name("cni0"), true).unwrap();
         }
         sys.kernel.fail_next(method, Errno::EPERM);
@@ -1274,12 +1250,7 @@ fn vlan_without_kernel_support_is_a_clear_error_and_leaks_nothing() {
     assert_eq!(e.code, 7);
     assert!(sys.host_links().iter().all(|n| n != "cni0"));
     // On an existing bridge the port VLAN call is the one refused.
-    sys.host()
-        .create_bridge(&BridgeSpec {
-            name: "cni0",
-            ..Default::default()
-        })
-        .unwrap();
+    sys.existing_bridge(&[]);
     sys.kernel.fail_next("bridge_vlan_add", Errno::EOPNOTSUPP);
     let e = do_add(&sys, &ipam, "c1", POD, &conf(json!({"vlan": 100}))).unwrap_err();
     assert!(e.msg.contains("CONFIG_BRIDGE_VLAN_FILTERING"), "{}", e.msg);
@@ -1549,12 +1520,7 @@ fn status_reports_a_broken_bridge_and_asks_ipam() {
     status_of(&sys, &ipam).unwrap();
     assert_eq!(ipam.count(Command::Status), 1);
 
-    sys.host()
-        .create_bridge(&BridgeSpec {
-            name: "cni0",
-            ..Default::default()
-        })
-        .unwrap();
+    sys.existing_bridge(&[]);
     let e = status_of(&sys, &ipam).unwrap_err();
     assert_eq!(e.code, 51);
     assert!(e.msg.contains("\"cni0\" is down"), "{}", e.msg);
