@@ -17,6 +17,13 @@
 # (or can fetch) its target; otherwise glibc static-pie. flanneld stays dynamic: it is
 # long-lived, and it may resolve etcd host names.
 #
+# Text layout: the functions each plugin runs are grouped at the start of the text
+# (plugins/multicall/text-order.ld, made by scripts/gen-text-order.sh; see
+# plugins/multicall/build.rs). The kernel maps the executable's page cache in 64 kB folios,
+# so with the linker's own order a host-local run had 95% of the text resident; grouped,
+# peak RSS measured 1584 -> 600 kB for host-local, ~1.7 -> 1.35 MB for bridge. The
+# unstripped binary and its link map stay in target/static for the generator.
+#
 # The static build has its own target dir: RUSTFLAGS reach only the --target artifacts
 # (build scripts and proc macros stay dynamic, as they must), and the ordinary build's
 # cache is left alone.
@@ -29,6 +36,10 @@ dist="$target_dir/dist"
 static_dir="$target_dir/static"
 
 cargo build --release --quiet -p flanneld-rs
+# The plugins' text layout (plugins/multicall/build.rs); unset, the linker's own order.
+order="$PWD/plugins/multicall/text-order.ld"
+if [ -f "$order" ]; then export CNI_PLUGINS_TEXT_ORDER="$order"; fi
+export CNI_PLUGINS_LINK_MAP="$static_dir/cni-plugins.map"
 musl="${host/-linux-gnu/-linux-musl}"
 if [ "$musl" != "$host" ] && command -v rustup >/dev/null 2>&1 &&
   { rustup target list --installed 2>/dev/null | grep -qx "$musl" ||
@@ -49,7 +60,9 @@ place() { # src name: a temp name then rename, so a process exec'ing it never se
   cp "$1" "$dist/.$2.new"
   mv -f "$dist/.$2.new" "$dist/$2"
 }
-place "$plugins" cni-plugins
+cp "$plugins" "$static_dir/cni-plugins.unstripped"
+strip -o "$static_dir/cni-plugins.stripped" "$plugins"
+place "$static_dir/cni-plugins.stripped" cni-plugins
 place "$target_dir/release/flanneld" flanneld
 for p in flannel bridge host-local; do
   ln -f "$dist/cni-plugins" "$dist/.$p.new"
@@ -57,4 +70,7 @@ for p in flannel bridge host-local; do
 done
 linkage="dynamically linked"
 if ! ldd "$dist/cni-plugins" 2>&1 | grep -q '=>'; then linkage="statically linked"; fi
-echo "built $dist: $(cd "$dist" && ls | tr '\n' ' ')(cni-plugins $linkage, $libc, $(stat -c %s "$dist/cni-plugins") bytes)"
+hot=$(readelf -SW "$dist/cni-plugins" |
+  sed -n 's/.*\.text\.plugins_hot *PROGBITS *[0-9a-f]* [0-9a-f]* \([0-9a-f]*\) .*/\1/p')
+layout="text layout: $([ -n "$hot" ] && echo "$((16#$hot / 1024)) kB" || echo none) grouped by plugins/multicall/text-order.ld"
+echo "built $dist: $(cd "$dist" && ls | tr '\n' ' ')(cni-plugins $linkage, $libc, $(stat -c %s "$dist/cni-plugins") bytes, $layout)"
