@@ -16,6 +16,10 @@ pkgs=(
   iputils-ping
   golang-go                     # builds the upstream cnitool (../shared/tools/build-cnitool.sh)
   golang-github-appc-cni-dev
+  qemu-system-x86               # boots Debian's stock kernel for the VLAN tests (scripts/vm/): the CI kernel has no VLAN filtering
+  busybox-static                # init and tools of that VM's initramfs (the dynamic busybox would need its libraries there)
+  xz-utils                      # kernel packages that ship .ko.xz modules: busybox insmod reads only plain .ko
+  cpio                          # packs the VM's initramfs
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -312,7 +312,8 @@ fn dual_stack_pods_reach_each_other_over_ipv6() {
 }
 
 /// This kernel has no bridge VLAN filtering (EOPNOTSUPP); where it has, the VLAN must
-/// really be on the port.
+/// really be on the port. The VLAN options' effect on traffic is tested under a kernel
+/// that has it, in a VM: tests/tests/vlan_vm_e2e.rs.
 #[test]
 fn vlan_is_configured_or_refused_clearly_without_leaks() {
     let w = world();
