@@ -177,6 +177,14 @@ fn two_pods_ping_each_other_and_the_gateway() {
     p1.sh("ping -c1 -W2 10.88.0.1");
     w.node.sh(&format!("ping -c1 -W2 {ip2}"));
     assert!(p1.sh("ip route").contains("default via 10.88.0.1 dev eth0"));
+    // Both ends are made with one queue each way (no queue shrinking under RTNL).
+    let host_veth = r1["interfaces"][1]["name"].as_str().unwrap().to_owned();
+    for details in [
+        p1.sh("ip -d link show eth0"),
+        w.node.sh(&format!("ip -d link show {host_veth}")),
+    ] {
+        assert!(details.contains("numtxqueues 1 numrxqueues 1"), "{details}");
+    }
     del(&w, "pod1", p1.path(), &c);
     del(&w, "pod2", p2.path(), &c);
     assert_eq!(leftovers(&w), Vec::<String>::new());
