@@ -171,14 +171,25 @@ for line in open(link_map, errors='replace'):
 sections = sorted(s for s in sections if s[1] > 0)
 starts = [s[0] for s in sections]
 
-def pattern(name, obj):
+# Function symbols by address: a merged function's body may be named after any of its
+# aliases, and which one wins can change with unrelated code changes.
+aliases = {}
+for line in subprocess.run(['nm', '--defined-only', binary], capture_output=True, text=True).stdout.splitlines():
+    f = line.split()
+    if len(f) == 3 and f[1] in 'tTwW' and re.fullmatch(r'[A-Za-z_][A-Za-z0-9_.$]*', f[2]):
+        aliases.setdefault(int(f[0], 16), []).append(f[2])
+
+def patterns(addr, name, obj):
     member = re.match(r'.*/([^/]+\.a)\((.+)\)$', obj)
     if member:
-        return f'*{member.group(1)}:{member.group(2)}({name})'
+        return [f'*{member.group(1)}:{member.group(2)}({name})']
     if name == '.text':
         # Rust objects have one section per function; a plain .text is the C runtime's.
-        return f'*{os.path.basename(obj)}({name})'
-    return f'*({name})'
+        return [f'*{os.path.basename(obj)}({name})']
+    names = [name] + [f'.text.{a}' for a in aliases.get(addr, [])]
+    # LLVM numbers local copies (`alloc_impl_runtime.979`) in module order, which any
+    # change renumbers: match every copy of the function instead.
+    return [f'*({re.sub(r"[.][0-9]+$", ".*", n)})' for n in names]
 
 groups = {}
 for path in sorted(glob.glob(f'{tmp}/sb.*')):
@@ -210,7 +221,7 @@ for g in sorted(groups):
     size = sum(sections[i][1] for i in mine)
     summary.append(f'{titles[g]} +{len(mine)} sections, {size // 1024} kB')
     lines.append(f'    /* {titles[g]}: {len(mine)} sections, {size} bytes */')
-    lines += ['    ' + p for p in dict.fromkeys(pattern(sections[i][2], sections[i][3]) for i in mine)]
+    lines += ['    ' + p for p in dict.fromkeys(p for i in mine for p in patterns(*sections[i][:1], *sections[i][2:]))]
 lines += ['  }', '}', 'INSERT BEFORE .text;', '']
 open(out, 'w').write('\n'.join(lines))
 print(f'{out}: ' + '; '.join(summary))

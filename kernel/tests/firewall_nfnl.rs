@@ -307,6 +307,39 @@ fn masq_repairs_a_damaged_postrouting_chain() {
     assert_eq!(good, ruleset());
 }
 
+/// The ADD path (a freshly created interface): the same ruleset as `setup_masq` gives for
+/// new attachments, postrouting created on the first and repaired when damaged, and other
+/// attachments' rules left alone, without reading them.
+#[test]
+fn masq_for_a_new_attachment_matches_setup_and_repairs_postrouting() {
+    let Some(_ns) = isolate() else { return };
+    let fw = NfnlFirewall::new();
+    let adds: [(&str, &[&str]); 3] = [
+        ("c1", &["10.244.1.5/24", "fd00:244:1::5/64"]),
+        ("c2", &["10.244.1.6/24"]),
+        ("c3", &["10.244.1.7/24"]),
+    ];
+    for (cid, ips) in &adds {
+        fw.setup_masq(&att("cbr0", cid, "eth0"), &nets(ips))
+            .unwrap();
+    }
+    let expected = ruleset();
+    flush_ruleset();
+    for (i, (cid, ips)) in adds.iter().enumerate() {
+        if i == 2 {
+            run(
+                "nft",
+                &["flush", "chain", "inet", MASQ_TABLE, MASQ_POSTROUTING],
+            );
+        }
+        fw.setup_masq_new(&att("cbr0", cid, "eth0"), &nets(ips))
+            .unwrap();
+    }
+    assert_eq!(expected, ruleset());
+    fw.teardown_masq(&att("cbr0", "c2", "eth0")).unwrap();
+    assert_eq!(masq_comments().len(), 3, "{:?}", masq_comments());
+}
+
 #[test]
 fn kernel_errors_name_the_operation_and_object() {
     let Some(_ns) = isolate() else { return };

@@ -72,6 +72,17 @@ pub trait Firewall {
     /// kept, e.g. `10.244.1.5/24`. Replaces the attachment's earlier rules.
     fn setup_masq(&self, attachment: &Attachment<'_>, ips: &[IpNet]) -> Result<()>;
 
+    /// [`Self::setup_masq`] for an attachment whose interface the caller has just
+    /// created: no rules of it can exist yet (an ADD that got as far as its rules left the
+    /// interface behind, and a repeated ADD fails on that before reaching here), so the
+    /// attachment's earlier rules need not be looked for. The netlink implementation then
+    /// reads only `postrouting` instead of every pod's rules, which made an ADD's cost grow
+    /// with the number of pods on the node. Were a rule left over all the same, the copy
+    /// is harmless (same match and verdict) and DEL and GC remove every copy.
+    fn setup_masq_new(&self, attachment: &Attachment<'_>, ips: &[IpNet]) -> Result<()> {
+        self.setup_masq(attachment, ips)
+    }
+
     /// Removes the attachment's masquerade rules, found by comment, so it
     /// works without the IPs (DEL after the pod namespace is gone).
     fn teardown_masq(&self, attachment: &Attachment<'_>) -> Result<()>;

@@ -93,6 +93,110 @@ impl NfnlFirewall {
         }
     }
 
+    /// Masquerade setup; `replace`: look for (and replace) the attachment's earlier
+    /// rules, reading the whole table, rather than only `postrouting`.
+    fn masq(&self, attachment: &Attachment<'_>, ips: &[IpNet], replace: bool) -> Result<()> {
+        const OP: &str = "set up ip masquerade";
+        let (fam, table) = (wire::NFPROTO_INET, MASQ_TABLE);
+        let comment = masq_comment(
+            attachment.network,
+            attachment.container_id,
+            attachment.ifname,
+        );
+        // The comment starts with the instance hash (it is never cut that
+        // short), which saves hashing twice.
+        let instance = comment
+            .get(..MASQ_INSTANCE_HASH_LEN)
+            .unwrap_or(&comment)
+            .to_owned();
+        let mut seen = HashSet::new();
+        let wanted: Vec<Vec<Expr>> = ips
+            .iter()
+            .filter(|ip| seen.insert(**ip))
+            .map(|ip| masq_rule(*ip))
+            .collect();
+        let post_wanted = postrouting_rules();
+        self.with_socket(OP, |sock| {
+            retry(|attempt| {
+                let optimistic = attempt < OPTIMISTIC_ATTEMPTS;
+                // Generation first: if anything commits between it and the dump,
+                // the transaction below is refused rather than built on a stale
+                // read.
+                let chain = (!replace).then_some(MASQ_POSTROUTING);
+                let reqs = [wire::get_gen(), wire::dump_rules(fam, table, chain)];
+                let answers = sock.query(OP, &reqs)?;
+                let genid = sock::genid(OP, &reqs[0], &answers[0])?;
+                let rules = sock::rules(OP, &reqs[1], &answers[1])?;
+
+                let post: Vec<&Rule> = rules
+                    .iter()
+                    .filter(|r| r.chain == MASQ_POSTROUTING)
+                    .collect();
+                let post_ok = optimistic
+                    && post.len() == post_wanted.len()
+                    && post.iter().zip(&post_wanted).all(|(r, w)| r.is(w));
+                let mine: Vec<&Rule> = rules
+                    .iter()
+                    .filter(|r| r.chain == MASQ_CHAIN)
+                    .filter(|r| masq_hashes(r).is_some_and(|(_, inst)| inst == instance))
+                    .collect();
+                let mine_ok = mine.len() == wanted.len()
+                    && mine
+                        .iter()
+                        .zip(&wanted)
+                        .all(|(r, w)| r.is(w) && r.comment.as_deref() == Some(&comment));
+                if post_ok && mine_ok {
+                    return Ok(());
+                }
+
+                let mut batch = Vec::new();
+                // An intact postrouting proves the table and both chains exist.
+                // Re-declaring them anyway would not be free: each NEWCHAIN on
+                // an existing chain is an update whose transaction object is
+                // freed only after an RCU grace period (see nfnl_socket).
+                if !post_ok {
+                    batch.push(wire::new_table(fam, table, Some(MASQ_TABLE_COMMENT)));
+                    batch.push(wire::new_chain(
+                        fam,
+                        table,
+                        MASQ_CHAIN,
+                        None,
+                        Some(MASQ_CHAIN_COMMENT),
+                    ));
+                    batch.push(wire::new_chain(
+                        fam,
+                        table,
+                        MASQ_POSTROUTING,
+                        Some(MASQ_HOOK),
+                        None,
+                    ));
+                    batch.push(wire::flush_chain(fam, table, MASQ_POSTROUTING));
+                    for exprs in &post_wanted {
+                        batch.push(wire::new_rule(fam, table, MASQ_POSTROUTING, exprs, None));
+                    }
+                }
+                if !mine_ok {
+                    for r in &mine {
+                        batch.push(wire::del_rule(fam, table, MASQ_CHAIN, r.handle));
+                    }
+                    for exprs in &wanted {
+                        batch.push(wire::new_rule(
+                            fam,
+                            table,
+                            MASQ_CHAIN,
+                            exprs,
+                            Some(&comment),
+                        ));
+                    }
+                }
+                // Relying on the read (skipping the table, chains and
+                // postrouting rules) is only sound if nothing changed since;
+                // otherwise the batch needs no check.
+                sock.transact(OP, &batch, post_ok.then_some(genid))
+            })
+        })
+    }
+
     /// Runs `f` with the socket for the calling thread's namespace. After an
     /// error the socket is discarded: whatever the kernel still had queued
     /// for it (answers to an abandoned exchange) goes with it.
@@ -273,104 +377,11 @@ fn gc_legacy_iptables_masq(
 
 impl Firewall for NfnlFirewall {
     fn setup_masq(&self, attachment: &Attachment<'_>, ips: &[IpNet]) -> Result<()> {
-        const OP: &str = "set up ip masquerade";
-        let (fam, table) = (wire::NFPROTO_INET, MASQ_TABLE);
-        let comment = masq_comment(
-            attachment.network,
-            attachment.container_id,
-            attachment.ifname,
-        );
-        // The comment starts with the instance hash (it is never cut that
-        // short), which saves hashing twice.
-        let instance = comment
-            .get(..MASQ_INSTANCE_HASH_LEN)
-            .unwrap_or(&comment)
-            .to_owned();
-        let mut seen = HashSet::new();
-        let wanted: Vec<Vec<Expr>> = ips
-            .iter()
-            .filter(|ip| seen.insert(**ip))
-            .map(|ip| masq_rule(*ip))
-            .collect();
-        let post_wanted = postrouting_rules();
-        self.with_socket(OP, |sock| {
-            retry(|attempt| {
-                let optimistic = attempt < OPTIMISTIC_ATTEMPTS;
-                // Generation first: if anything commits between it and the dump,
-                // the transaction below is refused rather than built on a stale
-                // read.
-                let reqs = [wire::get_gen(), wire::dump_rules(fam, table, None)];
-                let answers = sock.query(OP, &reqs)?;
-                let genid = sock::genid(OP, &reqs[0], &answers[0])?;
-                let rules = sock::rules(OP, &reqs[1], &answers[1])?;
+        self.masq(attachment, ips, true)
+    }
 
-                let post: Vec<&Rule> = rules
-                    .iter()
-                    .filter(|r| r.chain == MASQ_POSTROUTING)
-                    .collect();
-                let post_ok = optimistic
-                    && post.len() == post_wanted.len()
-                    && post.iter().zip(&post_wanted).all(|(r, w)| r.is(w));
-                let mine: Vec<&Rule> = rules
-                    .iter()
-                    .filter(|r| r.chain == MASQ_CHAIN)
-                    .filter(|r| masq_hashes(r).is_some_and(|(_, inst)| inst == instance))
-                    .collect();
-                let mine_ok = mine.len() == wanted.len()
-                    && mine
-                        .iter()
-                        .zip(&wanted)
-                        .all(|(r, w)| r.is(w) && r.comment.as_deref() == Some(&comment));
-                if post_ok && mine_ok {
-                    return Ok(());
-                }
-
-                let mut batch = Vec::new();
-                // An intact postrouting proves the table and both chains exist.
-                // Re-declaring them anyway would not be free: each NEWCHAIN on
-                // an existing chain is an update whose transaction object is
-                // freed only after an RCU grace period (see nfnl_socket).
-                if !post_ok {
-                    batch.push(wire::new_table(fam, table, Some(MASQ_TABLE_COMMENT)));
-                    batch.push(wire::new_chain(
-                        fam,
-                        table,
-                        MASQ_CHAIN,
-                        None,
-                        Some(MASQ_CHAIN_COMMENT),
-                    ));
-                    batch.push(wire::new_chain(
-                        fam,
-                        table,
-                        MASQ_POSTROUTING,
-                        Some(MASQ_HOOK),
-                        None,
-                    ));
-                    batch.push(wire::flush_chain(fam, table, MASQ_POSTROUTING));
-                    for exprs in &post_wanted {
-                        batch.push(wire::new_rule(fam, table, MASQ_POSTROUTING, exprs, None));
-                    }
-                }
-                if !mine_ok {
-                    for r in &mine {
-                        batch.push(wire::del_rule(fam, table, MASQ_CHAIN, r.handle));
-                    }
-                    for exprs in &wanted {
-                        batch.push(wire::new_rule(
-                            fam,
-                            table,
-                            MASQ_CHAIN,
-                            exprs,
-                            Some(&comment),
-                        ));
-                    }
-                }
-                // Relying on the read (skipping the table, chains and
-                // postrouting rules) is only sound if nothing changed since;
-                // otherwise the batch needs no check.
-                sock.transact(OP, &batch, post_ok.then_some(genid))
-            })
-        })
+    fn setup_masq_new(&self, attachment: &Attachment<'_>, ips: &[IpNet]) -> Result<()> {
+        self.masq(attachment, ips, false)
     }
 
     fn teardown_masq(&self, attachment: &Attachment<'_>) -> Result<()> {

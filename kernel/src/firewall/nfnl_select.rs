@@ -46,6 +46,10 @@ pub fn default_firewall() -> DefaultFirewall {
 }
 
 impl Firewall for DefaultFirewall {
+    fn setup_masq_new(&self, attachment: &Attachment<'_>, ips: &[IpNet]) -> Result<()> {
+        self.inner().setup_masq_new(attachment, ips)
+    }
+
     fn setup_masq(&self, attachment: &Attachment<'_>, ips: &[IpNet]) -> Result<()> {
         self.inner().setup_masq(attachment, ips)
     }

@@ -515,7 +515,8 @@ impl Add<'_> {
                             container_id: &env.container_id,
                             ifname: &env.ifname,
                         };
-                        sys.firewall().setup_masq(&att, ips)
+                        // The interface was created by this ADD (see setup_masq_new).
+                        sys.firewall().setup_masq_new(&att, ips)
                     })
                 });
                 let configured = self.configure_pod(container.index, &plan).and_then(|()| {

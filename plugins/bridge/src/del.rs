@@ -55,6 +55,35 @@ pub fn del(sys: &dyn System, req: &Request) -> Result<(), CniError> {
             Err(e) => Some(BridgeError::kernel(what(), e).into()),
         }
     };
+    // The attachment's firewall rules go once its interface has left the pod (never
+    // before: the pod's traffic would leave unmasqueraded), inside the deletion's RCU wait
+    // when DEL watches for that, else after the deletion.
+    let teardown_firewall = || -> Vec<CniError> {
+        let mut errors: Vec<CniError> = Vec::new();
+        let fw = sys.firewall();
+        if conf.macspoofchk {
+            if let Err(e) = fw.teardown_mac_spoof_check(&env.container_id, &env.ifname) {
+                errors.push(BridgeError::kernel("failed to remove the mac spoof check", e).into());
+            }
+        }
+        if conf.is_layer3() && conf.ip_masq {
+            let att = Attachment {
+                network: &req.conf.name,
+                container_id: &env.container_id,
+                ifname: &env.ifname,
+            };
+            if let Err(e) = fw.teardown_masq(&att) {
+                errors.push(BridgeError::kernel("failed to remove ip masquerade rules", e).into());
+            }
+            if let Err(e) = fw.teardown_legacy_iptables_masq(&req.conf.name, &env.container_id) {
+                errors.push(
+                    BridgeError::kernel("failed to remove the iptables masquerade chain", e).into(),
+                );
+            }
+        }
+        errors
+    };
+    let mut firewall_done = false;
     let ipam_del = |ipam: &str| delegate_simple(req.delegator, ipam, Command::Del, req.stdin, env);
     match (pod, conf.ipam_type.as_deref()) {
         // Deleting a veth takes the kernel 10-20 ms, most of it waiting for RCU after the
@@ -68,7 +97,7 @@ pub fn del(sys: &dyn System, req: &Request) -> Result<(), CniError> {
             sys.open_pod(&env.netns),
         ) {
             (Ok(link), Ok(mut watch)) => {
-                let (link, ipam) = std::thread::scope(|s| {
+                let (link, released) = std::thread::scope(|s| {
                     let worker = s.spawn(move || delete_link(pod));
                     let mut waited = Duration::ZERO;
                     let gone = loop {
@@ -82,14 +111,21 @@ pub fn del(sys: &dyn System, req: &Request) -> Result<(), CniError> {
                         sys.sleep(DEL_WATCH_STEP);
                         waited += DEL_WATCH_STEP;
                     };
-                    let released = gone.then(|| ipam_del(ipam));
+                    let released = gone.then(|| (ipam_del(ipam), teardown_firewall()));
                     let link = worker
                         .join()
                         .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                    (link, released.unwrap_or_else(|| ipam_del(ipam)))
+                    (link, released)
                 });
                 errors.extend(link);
-                ipam_errors.extend(ipam.err());
+                match released {
+                    Some((ipam_result, firewall)) => {
+                        ipam_errors.extend(ipam_result.err());
+                        errors.extend(firewall);
+                        firewall_done = true;
+                    }
+                    None => ipam_errors.extend(ipam_del(ipam).err()),
+                }
             }
             // Already gone, or no second handle: nothing to overlap.
             _ => {
@@ -105,26 +141,8 @@ pub fn del(sys: &dyn System, req: &Request) -> Result<(), CniError> {
         }
     }
 
-    let fw = sys.firewall();
-    if conf.macspoofchk {
-        if let Err(e) = fw.teardown_mac_spoof_check(&env.container_id, &env.ifname) {
-            errors.push(BridgeError::kernel("failed to remove the mac spoof check", e).into());
-        }
-    }
-    if conf.is_layer3() && conf.ip_masq {
-        let att = Attachment {
-            network: &req.conf.name,
-            container_id: &env.container_id,
-            ifname: &env.ifname,
-        };
-        if let Err(e) = fw.teardown_masq(&att) {
-            errors.push(BridgeError::kernel("failed to remove ip masquerade rules", e).into());
-        }
-        if let Err(e) = fw.teardown_legacy_iptables_masq(&req.conf.name, &env.container_id) {
-            errors.push(
-                BridgeError::kernel("failed to remove the iptables masquerade chain", e).into(),
-            );
-        }
+    if !firewall_done {
+        errors.extend(teardown_firewall());
     }
     ipam_errors.extend(errors);
     join_errors(ipam_errors)

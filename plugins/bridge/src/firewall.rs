@@ -47,6 +47,10 @@ impl Firewall for PluginFirewall {
         self.inner.setup_masq(attachment, ips)
     }
 
+    fn setup_masq_new(&self, attachment: &Attachment<'_>, ips: &[IpNet]) -> kernel::Result<()> {
+        self.inner.setup_masq_new(attachment, ips)
+    }
+
     fn teardown_masq(&self, attachment: &Attachment<'_>) -> kernel::Result<()> {
         self.inner.teardown_masq(attachment)
     }

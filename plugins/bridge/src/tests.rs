@@ -28,6 +28,9 @@ struct TestFirewall {
     inner: FakeFirewall,
     fail: Mutex<Vec<&'static str>>,
     spoof_listing_fails: Mutex<bool>,
+    /// When set, teardown_masq records whether `eth0` still exists in this namespace.
+    iface_probe: Mutex<Option<(FakeKernel, String)>>,
+    iface_seen_at_teardown: Mutex<Option<bool>>,
 }
 
 impl TestFirewall {
@@ -52,6 +55,10 @@ impl Firewall for TestFirewall {
         self.inner.setup_masq(a, ips)
     }
     fn teardown_masq(&self, a: &Attachment<'_>) -> kernel::Result<()> {
+        if let Some((k, ns)) = &*self.iface_probe.lock().unwrap() {
+            let seen = k.netlink(ns).link(LinkRef::Name("eth0")).is_ok();
+            *self.iface_seen_at_teardown.lock().unwrap() = Some(seen);
+        }
         self.check("teardown_masq")?;
         self.inner.teardown_masq(a)
     }
@@ -1294,6 +1301,20 @@ fn del_releases_the_address_only_after_the_interface_is_gone() {
     do_add(&sys, &ipam, "c1", POD, &c).unwrap();
     do_del(&sys, &ipam, "c1", POD, &c).unwrap();
     assert_eq!(*ipam.iface_seen_at_del.lock().unwrap(), Some(false));
+    assert_clean(&sys, &ipam, POD);
+}
+
+/// Likewise the masquerade rules: removed inside the deletion's wait, but never while the
+/// pod could still send through them.
+#[test]
+fn del_removes_masquerade_only_after_the_interface_is_gone() {
+    let sys = FakeSystem::new();
+    *sys.fw.iface_probe.lock().unwrap() = Some((sys.kernel.clone(), POD.to_string()));
+    let ipam = FakeIpam::default();
+    let c = conf(json!({"ipMasq": true}));
+    do_add(&sys, &ipam, "c1", POD, &c).unwrap();
+    do_del(&sys, &ipam, "c1", POD, &c).unwrap();
+    assert_eq!(*sys.fw.iface_seen_at_teardown.lock().unwrap(), Some(false));
     assert_clean(&sys, &ipam, POD);
 }
 
