@@ -494,8 +494,12 @@ fn parse_saved(saved: &[u8]) -> Result<Saved, String> {
     }
 }
 
+/// One line on stderr, in one write: stderr is unbuffered, and `eprintln!` of a formatted
+/// line costs a write per piece (six for the delegate config line).
 fn log(args: std::fmt::Arguments) {
-    eprintln!("flannel: {args}");
+    use std::io::Write;
+    let line = format!("flannel: {args}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 #[cfg(test)]
