@@ -550,3 +550,37 @@ fn sockets_stay_bound_to_their_namespace() {
     let mut host = RouteSocket::open().unwrap();
     assert!(host.link("podbr".into()).unwrap_err().is_not_found());
 }
+
+/// Deletion finished by a child process: the pair goes, the kernel's error for a missing
+/// link comes back through it with the object named, and the socket works afterwards.
+#[test]
+fn detached_delete_removes_the_pair_and_reports_errors() {
+    let Some(_ns) = isolate() else { return };
+    let pod = PodNs::new();
+    let mut host = RouteSocket::open().unwrap();
+    let (eth0, veth, mut pod_sock) = bridge_and_veth(&mut host, &pod);
+    let mut watch = RouteSocket::open_in(&pod.open()).unwrap();
+
+    let mut pending = pod_sock.delete_link_detached(LinkRef::Name("eth0"));
+    let start = std::time::Instant::now();
+    let answer = loop {
+        if let Some(answer) = pending.poll() {
+            break answer;
+        }
+        assert!(start.elapsed().as_secs() < 10, "no answer");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    answer.unwrap();
+    let gone = watch.link(LinkRef::Index(eth0.index)).unwrap_err();
+    assert!(gone.is_not_found(), "{gone}");
+    let gone = host.link(LinkRef::Index(veth.index)).unwrap_err();
+    assert!(gone.is_not_found(), "{gone}");
+
+    let err = pod_sock
+        .delete_link_detached(LinkRef::Name("eth0"))
+        .wait()
+        .unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert!(err.to_string().contains("eth0"), "{err}");
+    assert_eq!(pod_sock.link(LinkRef::Name("lo")).unwrap().name, "lo");
+}

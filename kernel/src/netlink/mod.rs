@@ -5,11 +5,13 @@
 //! bound to the namespace it was opened in ([`RouteSocket::open_in`]), so
 //! pod-side work needs no thread switching once the socket exists.
 
+mod detached;
 mod msg;
 mod ops;
 mod socket;
 mod types;
 
+pub use detached::PendingDelete;
 pub use socket::RouteSocket;
 pub use types::*;
 
@@ -35,6 +37,13 @@ pub trait Netlink {
     fn create_vxlan(&mut self, spec: &VxlanSpec<'_>) -> Result<()>;
     /// Deletes a link (deleting one end of a veth removes both).
     fn delete_link(&mut self, link: LinkRef<'_>) -> Result<()>;
+    /// Starts deleting a link and returns before the kernel is done with it: the caller
+    /// watches for the link to leave the namespace, and only needs the answer if it does
+    /// not (see `PendingDelete`). The socket must not be used again until the answer is
+    /// in. The default deletes synchronously.
+    fn delete_link_detached(&mut self, link: LinkRef<'_>) -> PendingDelete {
+        PendingDelete::done(self.delete_link(link))
+    }
 
     fn set_up(&mut self, link: LinkRef<'_>, up: bool) -> Result<()>;
     fn set_mtu(&mut self, link: LinkRef<'_>, mtu: u32) -> Result<()>;

@@ -5,6 +5,7 @@ use netlink_packet_core::{NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE}
 use netlink_packet_route::link::{LinkAttribute, LinkFlags};
 use netlink_packet_route::RouteNetlinkMessage as M;
 
+use super::detached::{self, PendingDelete};
 use super::msg;
 use super::socket::{Ctx, RouteSocket};
 use super::types::*;
@@ -73,6 +74,12 @@ impl Netlink for RouteSocket {
     fn delete_link(&mut self, link: LinkRef<'_>) -> Result<()> {
         let ctx = Ctx::new("delete", link.to_string());
         self.ack(ctx, M::DelLink(msg::link_ref_message(link)), 0)
+    }
+
+    fn delete_link_detached(&mut self, link: LinkRef<'_>) -> PendingDelete {
+        let ctx = Ctx::new("delete", link.to_string());
+        let (fd, seq, request) = self.prepare(M::DelLink(msg::link_ref_message(link)), 0);
+        detached::delete_in_child(fd, &request, seq, ctx, || self.delete_link(link))
     }
 
     fn set_up(&mut self, link: LinkRef<'_>, up: bool) -> Result<()> {

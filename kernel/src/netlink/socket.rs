@@ -9,6 +9,7 @@ use netlink_packet_core::{
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use nix::errno::Errno;
+use std::os::fd::AsRawFd;
 
 use crate::error::{Error, Result};
 use crate::netns::{run_in_netns, NetNs};
@@ -130,6 +131,18 @@ impl RouteSocket {
             object: ctx.object.clone(),
             attempts: DUMP_ATTEMPTS,
         })
+    }
+
+    /// A request with NLM_F_ACK encoded under the next sequence number, for a sender other
+    /// than [`Self::request`] (see `detached`): the raw socket, the number, the bytes.
+    pub(crate) fn prepare(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> (std::os::fd::RawFd, u32, Vec<u8>) {
+        self.seq = self.seq.wrapping_add(1);
+        let packet = encode(msg, NLM_F_REQUEST | NLM_F_ACK | flags, self.seq);
+        (self.socket.as_raw_fd(), self.seq, packet)
     }
 
     fn send(&mut self, ctx: &Ctx, msg: RouteNetlinkMessage, flags: u16) -> Result<u32> {

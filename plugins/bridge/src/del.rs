@@ -14,8 +14,12 @@ use std::time::Duration;
 /// How often, and how long at most, DEL looks for the pod's interface to have left the
 /// namespace before releasing its address alongside the rest of the deletion. Past the
 /// limit (a kernel slower than any seen), the release simply waits for the deletion.
+/// Four DELs at once wait on RTNL for tens of ms each here, hence a limit well above
+/// that; after the first 20 ms the looks get sparser.
 const DEL_WATCH_STEP: Duration = Duration::from_micros(250);
-const DEL_WATCH_LIMIT: Duration = Duration::from_millis(50);
+const DEL_WATCH_SLOW_AFTER: Duration = Duration::from_millis(20);
+const DEL_WATCH_SLOW_STEP: Duration = Duration::from_millis(1);
+const DEL_WATCH_LIMIT: Duration = Duration::from_millis(1000);
 
 /// Removes the pod's interface (the kernel removes the host end with it), releases the
 /// address, and removes the attachment's firewall rules.
@@ -47,13 +51,21 @@ pub fn del(sys: &dyn System, req: &Request) -> Result<(), CniError> {
             Err(e) => errors.push(netns_error(&env.netns, e).into()),
         }
     }
-    let delete_link = |mut pod: Box<dyn Pod + Send>| -> Option<CniError> {
-        let what = || format!("failed to delete {:?} in netns {:?}", env.ifname, env.netns);
-        match pod.netlink().delete_link(LinkRef::Name(&env.ifname)) {
+    let link_outcome = |result: kernel::Result<()>| -> Option<CniError> {
+        match result {
             Ok(()) => None,
             Err(e) if e.is_not_found() => None,
-            Err(e) => Some(BridgeError::kernel(what(), e).into()),
+            Err(e) => Some(
+                BridgeError::kernel(
+                    format!("failed to delete {:?} in netns {:?}", env.ifname, env.netns),
+                    e,
+                )
+                .into(),
+            ),
         }
+    };
+    let delete_link = |mut pod: Box<dyn Pod + Send>| -> Option<CniError> {
+        link_outcome(pod.netlink().delete_link(LinkRef::Name(&env.ifname)))
     };
     // The attachment's firewall rules go once its interface has left the pod (never
     // before: the pod's traffic would leave unmasqueraded), inside the deletion's RCU wait
@@ -87,9 +99,10 @@ pub fn del(sys: &dyn System, req: &Request) -> Result<(), CniError> {
     let ipam_del = |ipam: &str| delegate_simple(req.delegator, ipam, Command::Del, req.stdin, env);
     match (pod, conf.ipam_type.as_deref()) {
         // Deleting a veth takes the kernel 10-20 ms, most of it waiting for RCU after the
-        // device has already left the namespace. IPAM's DEL runs in that wait, but only
-        // once the interface is gone, so the pod can no longer answer for its address by
-        // the time IPAM hands the address out again. A second socket in the pod watches
+        // device has already left the namespace. IPAM's DEL and the firewall teardown run
+        // once the interface is gone (so the pod can no longer answer for its address by
+        // the time IPAM hands it out again), and the DEL returns then, leaving the rest
+        // of the kernel's work to a child process. A second socket in the pod watches
         // for that; no extra request takes the RTNL lock that concurrent ADDs and DELs
         // queue on (taking the link down first would, with a synchronize_net inside).
         (Some(mut pod), Some(ipam)) => match (
@@ -97,34 +110,44 @@ pub fn del(sys: &dyn System, req: &Request) -> Result<(), CniError> {
             sys.open_pod(&env.netns),
         ) {
             (Ok(link), Ok(mut watch)) => {
-                let (link, released) = std::thread::scope(|s| {
-                    let worker = s.spawn(move || delete_link(pod));
-                    let mut waited = Duration::ZERO;
-                    let gone = loop {
-                        let gone = watch
-                            .netlink()
-                            .link(LinkRef::Index(link.index))
-                            .is_err_and(|e| e.is_not_found());
-                        if gone || worker.is_finished() || waited >= DEL_WATCH_LIMIT {
-                            break gone;
-                        }
-                        sys.sleep(DEL_WATCH_STEP);
-                        waited += DEL_WATCH_STEP;
-                    };
-                    let released = gone.then(|| (ipam_del(ipam), teardown_firewall()));
-                    let link = worker
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                    (link, released)
-                });
-                errors.extend(link);
-                match released {
-                    Some((ipam_result, firewall)) => {
-                        ipam_errors.extend(ipam_result.err());
-                        errors.extend(firewall);
-                        firewall_done = true;
+                // The kernel's answer to the deletion comes only after it has finished
+                // with the pair; a child process waits for it (see PendingDelete), and
+                // the pod socket is its until then.
+                let mut pending = pod
+                    .netlink()
+                    .delete_link_detached(LinkRef::Name(&env.ifname));
+                drop(pod);
+                let mut answer = None;
+                let mut waited = Duration::ZERO;
+                let gone = loop {
+                    let gone = watch
+                        .netlink()
+                        .link(LinkRef::Index(link.index))
+                        .is_err_and(|e| e.is_not_found());
+                    if answer.is_none() {
+                        answer = pending.poll();
                     }
-                    None => ipam_errors.extend(ipam_del(ipam).err()),
+                    if gone || answer.is_some() || waited >= DEL_WATCH_LIMIT {
+                        break gone;
+                    }
+                    let step = if waited < DEL_WATCH_SLOW_AFTER {
+                        DEL_WATCH_STEP
+                    } else {
+                        DEL_WATCH_SLOW_STEP
+                    };
+                    sys.sleep(step);
+                    waited += step;
+                };
+                if gone {
+                    // Past the point of no return: the rest of the deletion cannot fail,
+                    // and this DEL does not wait for it.
+                    ipam_errors.extend(ipam_del(ipam).err());
+                    errors.extend(teardown_firewall());
+                    firewall_done = true;
+                    errors.extend(answer.and_then(link_outcome));
+                } else {
+                    errors.extend(link_outcome(answer.unwrap_or_else(|| pending.wait())));
+                    ipam_errors.extend(ipam_del(ipam).err());
                 }
             }
             // Already gone, or no second handle: nothing to overlap.

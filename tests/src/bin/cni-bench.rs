@@ -596,6 +596,40 @@ fn rounds(n: usize, parallel: usize) -> Vec<std::ops::Range<usize>> {
     (0..k).map(|j| j * n / k..(j + 1) * n / k).collect()
 }
 
+/// Waits (at most 30 s) until the machine is idle: under 10% of all CPU time busy over
+/// 300 ms. Deleted namespaces and veths are finished by kernel workers after the syscall
+/// returns (RCU callbacks, `cleanup_net`, which takes RTNL); a scenario started while they
+/// run is charged for the previous one, whichever implementation it hits.
+fn settle(before: &str) {
+    fn busy_total() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let total: u64 = cpu.iter().sum();
+        // idle + iowait
+        let idle = cpu.get(3)? + cpu.get(4).copied().unwrap_or(0);
+        Some((total - idle, total))
+    }
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        let Some((b0, t0)) = busy_total() else { return };
+        std::thread::sleep(Duration::from_millis(300));
+        let Some((b1, t1)) = busy_total() else { return };
+        if t1 > t0 && (b1 - b0) * 10 < t1 - t0 {
+            break;
+        }
+    }
+    eprintln!(
+        "settled before {before} in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+}
+
 fn pct(v: &[f64], p: f64) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
@@ -906,6 +940,7 @@ fn all(opts: &AllOpts) {
     // A fresh namespace's first interface, address and routes cost more than later ones
     // (per-namespace tables are set up lazily): one untimed ADD+DEL of every pod first, so
     // the first scenario is not charged for it.
+    settle("setup");
     eprintln!("warming up the pod namespaces (untimed ADD+DEL of every pod)");
     for s in &subjects {
         let conf = s.conf(&tmp.path().join(format!("{}-prewarm", s.label)), false);
@@ -917,6 +952,7 @@ fn all(opts: &AllOpts) {
     for parallel in [1usize, 4] {
         for masq in [false, true] {
             let key = format!("x{parallel}-{}", if masq { "masq" } else { "nomasq" });
+            settle(&key);
             eprintln!("running {key}: {pods} pods ADD then DEL per implementation");
             let confs: Vec<Vec<u8>> = subjects
                 .iter()
