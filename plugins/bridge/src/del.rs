@@ -67,35 +67,6 @@ pub fn del(sys: &dyn System, req: &Request) -> Result<(), CniError> {
     let delete_link = |mut pod: Box<dyn Pod + Send>| -> Option<CniError> {
         link_outcome(pod.netlink().delete_link(LinkRef::Name(&env.ifname)))
     };
-    // The attachment's firewall rules go once its interface has left the pod (never
-    // before: the pod's traffic would leave unmasqueraded), inside the deletion's RCU wait
-    // when DEL watches for that, else after the deletion.
-    let teardown_firewall = || -> Vec<CniError> {
-        let mut errors: Vec<CniError> = Vec::new();
-        let fw = sys.firewall();
-        if conf.macspoofchk {
-            if let Err(e) = fw.teardown_mac_spoof_check(&env.container_id, &env.ifname) {
-                errors.push(BridgeError::kernel("failed to remove the mac spoof check", e).into());
-            }
-        }
-        if conf.is_layer3() && conf.ip_masq {
-            let att = Attachment {
-                network: &req.conf.name,
-                container_id: &env.container_id,
-                ifname: &env.ifname,
-            };
-            if let Err(e) = fw.teardown_masq(&att) {
-                errors.push(BridgeError::kernel("failed to remove ip masquerade rules", e).into());
-            }
-            if let Err(e) = fw.teardown_legacy_iptables_masq(&req.conf.name, &env.container_id) {
-                errors.push(
-                    BridgeError::kernel("failed to remove the iptables masquerade chain", e).into(),
-                );
-            }
-        }
-        errors
-    };
-    let mut firewall_done = false;
     let ipam_del = |ipam: &str| delegate_simple(req.delegator, ipam, Command::Del, req.stdin, env);
     match (pod, conf.ipam_type.as_deref()) {
         // Deleting a veth takes the kernel 10-20 ms, most of it waiting for RCU after the
@@ -138,17 +109,15 @@ pub fn del(sys: &dyn System, req: &Request) -> Result<(), CniError> {
                     sys.sleep(step);
                     waited += step;
                 };
-                if gone {
-                    // Past the point of no return: the rest of the deletion cannot fail,
-                    // and this DEL does not wait for it.
-                    ipam_errors.extend(ipam_del(ipam).err());
-                    errors.extend(teardown_firewall());
-                    firewall_done = true;
-                    errors.extend(answer.and_then(link_outcome));
+                // Once gone, the deletion is past the point of no return and this DEL does
+                // not wait for the rest of it; otherwise the address waits for its answer.
+                let answer = if gone {
+                    answer
                 } else {
-                    errors.extend(link_outcome(answer.unwrap_or_else(|| pending.wait())));
-                    ipam_errors.extend(ipam_del(ipam).err());
-                }
+                    Some(answer.unwrap_or_else(|| pending.wait()))
+                };
+                errors.extend(answer.and_then(link_outcome));
+                ipam_errors.extend(ipam_del(ipam).err());
             }
             // Already gone, or no second handle: nothing to overlap.
             _ => {
@@ -164,8 +133,28 @@ pub fn del(sys: &dyn System, req: &Request) -> Result<(), CniError> {
         }
     }
 
-    if !firewall_done {
-        errors.extend(teardown_firewall());
+    // After the interface's deletion (never before: the pod's traffic would leave
+    // unmasqueraded).
+    let fw = sys.firewall();
+    if conf.macspoofchk {
+        if let Err(e) = fw.teardown_mac_spoof_check(&env.container_id, &env.ifname) {
+            errors.push(BridgeError::kernel("failed to remove the mac spoof check", e).into());
+        }
+    }
+    if conf.is_layer3() && conf.ip_masq {
+        let att = Attachment {
+            network: &req.conf.name,
+            container_id: &env.container_id,
+            ifname: &env.ifname,
+        };
+        if let Err(e) = fw.teardown_masq(&att) {
+            errors.push(BridgeError::kernel("failed to remove ip masquerade rules", e).into());
+        }
+        if let Err(e) = fw.teardown_legacy_iptables_masq(&req.conf.name, &env.container_id) {
+            errors.push(
+                BridgeError::kernel("failed to remove the iptables masquerade chain", e).into(),
+            );
+        }
     }
     ipam_errors.extend(errors);
     join_errors(ipam_errors)
