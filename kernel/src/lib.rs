@@ -11,6 +11,7 @@
 //! it with [`run_in_netns`], which uses a throw-away thread so no thread of
 //! the caller is ever left inside a pod namespace.
 
+mod child;
 pub mod error;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;

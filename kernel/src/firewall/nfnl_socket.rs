@@ -6,13 +6,20 @@
 //! `send` returns; the receive side only has to count them.
 //!
 //! Closing is the expensive part: releasing a NETLINK_NETFILTER socket runs
-//! nf_tables' NETLINK_URELEASE notifier, which flushes the namespace's
-//! pending transaction-destroy work, and that work sleeps in
-//! `synchronize_rcu()` whenever a recent commit (ours or anyone's) deleted
-//! rules or updated chains: 5-20 ms here, longer than everything else an
-//! ADD does. [`NfnlSocket`]'s drop therefore hands the socket to the kernel's
-//! unix-socket garbage collector, which releases it from a worker thread
-//! (see [`release_in_background`]).
+//! nf_tables' NETLINK_URELEASE notifier, which takes the namespace's commit
+//! mutex and, holding it, flushes the pending transaction-destroy work; that
+//! work sleeps in `synchronize_rcu()` whenever a recent commit (ours or
+//! anyone's) deleted rules or updated chains: 5-30 ms here. Worse than the
+//! wait itself is the mutex held through it: every device registered or
+//! unregistered in the namespace takes that mutex from a netdev notifier
+//! while holding RTNL (nf_tables_netdev_event), so a veth being created or
+//! deleted stalls under RTNL, and every rtnetlink request of every pod
+//! operation on the node queues behind it. [`NfnlSocket`]'s drop therefore
+//! never releases the socket itself: after a commit that left destroy work,
+//! a forked child waits out a grace period first, holding nothing, and then
+//! releases it (see [`release_after_grace_period`]); otherwise the kernel's
+//! unix-socket garbage collector releases it from a worker thread (see
+//! [`release_in_background`]).
 
 use std::collections::HashMap;
 use std::mem::ManuallyDrop;
@@ -64,6 +71,9 @@ pub(super) struct NfnlSocket {
     buf: Vec<u8>,
     /// Off only in tests measuring the plain close.
     background_release: bool,
+    /// A transaction sent on this socket may have left work for nf_tables'
+    /// deferred destroy (anything but a rule addition).
+    destroy_pending: bool,
 }
 
 impl Drop for NfnlSocket {
@@ -71,10 +81,59 @@ impl Drop for NfnlSocket {
         // SAFETY: the field is taken exactly once, here, and not touched
         // afterwards.
         let socket = unsafe { ManuallyDrop::take(&mut self.socket) };
-        if self.background_release {
-            release_in_background(socket);
+        match (self.background_release, self.destroy_pending) {
+            (false, _) => drop(socket),
+            (true, false) => release_in_background(socket),
+            (true, true) => release_after_grace_period(socket),
         }
     }
+}
+
+/// `MEMBARRIER_CMD_GLOBAL` from `<linux/membarrier.h>`: returns after an RCU
+/// grace period (`synchronize_rcu()`; EINVAL on nohz_full kernels).
+const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+
+/// Releasers forked by this process and not yet reaped.
+static RELEASERS: std::sync::Mutex<Vec<libc::pid_t>> = std::sync::Mutex::new(Vec::new());
+
+/// Closes `socket` after a commit that left destroy work, without making
+/// anyone wait for it.
+///
+/// A forked child keeps the socket, waits for an RCU grace period holding no
+/// lock (membarrier), and exits: the destroy work queued by our commit has
+/// slept through its own grace period by then, so the release notifier's
+/// flush finds it done and the commit mutex is held only for an instant. The
+/// child does nothing but system calls and is reaped by this process's next
+/// release or, once the plugin has exited, by whoever inherits it. Without a
+/// child, [`release_in_background`].
+fn release_after_grace_period(socket: Socket) {
+    let mut keep = [socket.as_raw_fd()];
+    // SAFETY: the child runs only close_range, membarrier and _exit, system
+    // calls on memory that exists before the fork (`keep`), as fork(2)
+    // requires of children of a possibly multi-threaded process.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: we are the forked child; see above.
+        unsafe {
+            crate::child::close_all_except(&mut keep);
+            libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0);
+            libc::_exit(0)
+        }
+    }
+    if pid < 0 {
+        release_in_background(socket);
+        return;
+    }
+    // The child holds the socket now: this close is not the last one.
+    drop(socket);
+    let mut releasers = RELEASERS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    releasers.retain(|&child| {
+        // SAFETY: waitpid on our own child without blocking.
+        unsafe { libc::waitpid(child, std::ptr::null_mut(), libc::WNOHANG) == 0 }
+    });
+    releasers.push(pid);
 }
 
 /// Closes `socket` without waiting for nf_tables' release notifier.
@@ -217,6 +276,7 @@ impl NfnlSocket {
             // Never zeroed: see `recv`.
             buf: Vec::with_capacity(RECV_BUF_LEN),
             background_release: true,
+            destroy_pending: false,
         })
     }
 
@@ -375,6 +435,10 @@ impl NfnlSocket {
             &wire::batch_marker_body(None),
         );
         let transaction = || format!("transaction of {} messages", requests.len());
+        // Rule additions are freed inline by the commit; everything else (a
+        // deletion, a chain or table update) waits for the deferred destroy.
+        // Set before sending: the commit may happen although we fail later.
+        self.destroy_pending |= requests.iter().any(|r| r.msg_type != wire::NFT_MSG_NEWRULE);
         self.send(op, &datagram, transaction)?;
         // (message index, errno, text) of every refused message.
         let mut failures: Vec<(usize, Errno, Option<String>)> = Vec::new();
@@ -632,6 +696,85 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(nfnl_sockets(), baseline, "handed-off sockets leaked");
+    }
+
+    fn releasers() -> Vec<libc::pid_t> {
+        RELEASERS.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn only_commits_that_leave_destroy_work_fork_a_releaser() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let mut s = NfnlSocket::open("test").unwrap();
+        s.transact("test", &[new_table(NFPROTO_INET, "t", None)], None)
+            .unwrap();
+        s.transact(
+            "test",
+            &[new_chain(NFPROTO_INET, "t", "c", None, None)],
+            None,
+        )
+        .unwrap();
+        assert!(
+            s.destroy_pending,
+            "a table or chain message may be an update"
+        );
+        let mut s = NfnlSocket::open("test").unwrap();
+        let accept = [Expr::Verdict(Verdict::Accept)];
+        s.transact(
+            "test",
+            &[new_rule(NFPROTO_INET, "t", "c", &accept, None)],
+            None,
+        )
+        .unwrap();
+        assert!(!s.destroy_pending, "rule additions are freed by the commit");
+        s.transact("test", &[flush_chain(NFPROTO_INET, "t", "c")], None)
+            .unwrap();
+        assert!(s.destroy_pending);
+    }
+
+    #[test]
+    fn releasers_are_reaped_by_the_next_release() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let before = releasers();
+        for _ in 0..3 {
+            commit_and_drop(true);
+        }
+        let ours: Vec<libc::pid_t> = releasers()
+            .into_iter()
+            .filter(|p| !before.contains(p))
+            .collect();
+        assert!(!ours.is_empty(), "no releaser was forked");
+        // Each exits after one grace period and stays a zombie until reaped.
+        let zombie = |pid: libc::pid_t| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(true)
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !ours.iter().all(|p| zombie(*p)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        commit_and_drop(true);
+        let now = releasers();
+        for pid in ours {
+            assert!(!now.contains(&pid), "releaser {pid} not reaped");
+            assert!(
+                !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+                "releaser {pid} left a zombie"
+            );
+        }
     }
 
     #[test]

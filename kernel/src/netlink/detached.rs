@@ -159,20 +159,7 @@ pub(crate) fn delete_in_child(
 /// # Safety
 /// Only in the child of `fork`; uses system calls only.
 unsafe fn child(socket: RawFd, report: RawFd, request: &[u8], seq: u32, buf: &mut [u8]) -> ! {
-    let keep = [socket.min(report), socket.max(report)];
-    let close_range = |from: RawFd, to: RawFd| {
-        if from <= to {
-            libc::syscall(
-                libc::SYS_close_range,
-                from as libc::c_uint,
-                to as libc::c_uint,
-                0,
-            );
-        }
-    };
-    close_range(0, keep[0] - 1);
-    close_range(keep[0] + 1, keep[1] - 1);
-    close_range(keep[1] + 1, RawFd::MAX);
+    crate::child::close_all_except(&mut [socket, report]);
     let code = exchange(socket, request, seq, buf);
     let bytes = code.to_ne_bytes();
     libc::write(report, bytes.as_ptr().cast(), bytes.len());
