@@ -8,6 +8,7 @@
 //!   <ip>                          one reservation: "<containerID>\r\n<ifname>", no newline, 0600
 //! <dataDir>/.host-local/<network>/    our sidecar, 0700 (Go never looks here)
 //!   .tmp/                         temp files; only used under the network lock
+//!   .tmp/spare.*                  spare inodes: released files kept for reuse
 //!   .imported                     marker: pre-existing reservations have been indexed
 //!   <containerID>:<ifname>        index: the attachment's IPs, one per line
 //!   <containerID>                 index of legacy ID-only reservations of that container
@@ -17,6 +18,11 @@
 //! * Crash safety: a reservation is written to a temp file and hard-linked into place, so its
 //!   name never exists without its full content. The cursor is rewritten in place, as Go does
 //!   (see `LockedStore::write_cursor`).
+//! * Inode reuse: a released reservation or index is not unlinked but moved into `.tmp` as a
+//!   spare, and the next file we write reuses a spare before it creates one. Pod churn then
+//!   allocates and frees no inodes: on ext4 without a journal every inode allocation scans past
+//!   the recently deleted ones (`recently_deleted()`), which under churn cost more than the rest
+//!   of an ADD, and with `discard` every freed file issues a discard.
 //! * Scale: the index makes ADD (duplicate check) and DEL independent of the number of
 //!   reservations. It is only a hint: every entry is verified against the reservation's content,
 //!   and DEL/CHECK fall back to Go's full directory walk when the index knows nothing.
@@ -27,6 +33,7 @@
 //! and reads every file. The index is written *before* the reservation is linked, so it always
 //! lists every reservation we made (a crash leaves at most an extra, harmless entry).
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
 use std::fs::File;
@@ -41,7 +48,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{openat, renameat, AtFlags, OFlag, AT_FDCWD};
-use nix::sys::stat::{fstat, fstatat, mkdirat, Mode};
+use nix::sys::stat::{fchmod, fstat, fstatat, mkdirat, Mode};
 use nix::unistd::{faccessat, linkat, unlinkat, AccessFlags, UnlinkatFlags};
 use nix::NixPath;
 
@@ -54,6 +61,11 @@ const LOCK_FILE: &str = "lock";
 const CURSOR_PREFIX: &str = "last_reserved_ip.";
 const SIDECAR_ROOT: &str = ".host-local";
 const TMP_DIR: &str = ".tmp";
+/// Names in `.tmp` that are spares (see [`LockedStore::take_spare`]), not stale temps.
+const SPARE_PREFIX: &str = "spare.";
+/// Spares kept per network: enough for a burst of DELs followed by as many ADDs, few enough
+/// that they never matter on disk (an inode and at most one block each).
+const MAX_SPARES: usize = 32;
 const IMPORTED_MARKER: &str = ".imported";
 const LINE_BREAK: &str = "\r\n";
 /// Longest reservation content we interpret; `<64-char id>\r\n<15-char ifname>` needs 81.
@@ -360,6 +372,7 @@ impl Store {
         let locked = LockedStore {
             store: self,
             _lock: file,
+            spares: RefCell::new(Vec::new()),
         };
         locked.remove_stale_temps();
         // The index is only a hint: a failed import (e.g. disk full) must not block DEL or GC.
@@ -415,6 +428,8 @@ fn normalize(path: &Path) -> PathBuf {
 pub struct LockedStore<'a> {
     store: &'a Store,
     _lock: File,
+    /// Spare names in `.tmp`, listed when the lock was taken; only this holder changes them.
+    spares: RefCell<Vec<String>>,
 }
 
 impl LockedStore<'_> {
@@ -438,20 +453,73 @@ impl LockedStore<'_> {
         self.store.side_path.join(name)
     }
 
-    /// Any temp file present while we hold the lock belongs to a process that died mid-write.
+    /// Any temp file present while we hold the lock belongs to a process that died mid-write;
+    /// spares are kept (up to [`MAX_SPARES`]).
     fn remove_stale_temps(&self) {
         let Ok(names) = list_dir(self.tmp()) else {
             return;
         };
+        let mut spares = self.spares.borrow_mut();
         for name in names {
-            if unlinkat(self.tmp(), name.as_str(), UnlinkatFlags::NoRemoveDir).is_err() {
-                let _ = unlinkat(self.tmp(), name.as_str(), UnlinkatFlags::RemoveDir);
+            if name.starts_with(SPARE_PREFIX) && spares.len() < MAX_SPARES {
+                spares.push(name);
+            } else {
+                self.remove_temp(&name);
             }
         }
     }
 
-    /// Writes `content` to a new 0600 temp file and returns its name.
+    fn remove_temp(&self, name: &str) {
+        if unlinkat(self.tmp(), name, UnlinkatFlags::NoRemoveDir).is_err() {
+            let _ = unlinkat(self.tmp(), name, UnlinkatFlags::RemoveDir);
+        }
+    }
+
+    /// A spare opened for writing: a plain file of ours, with no other name (it may be the
+    /// leftover second name of a live file if a process died between link and unlink, and must
+    /// then never be written). Anything else found under a spare name is removed.
+    fn take_spare(&self) -> Option<(String, File, u64)> {
+        loop {
+            let name = self.spares.borrow_mut().pop()?;
+            // No O_TRUNC: only a file that passes the checks below may be changed.
+            let flags = OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+            let Ok(fd) = openat(self.tmp(), name.as_str(), flags, Mode::empty()) else {
+                self.remove_temp(&name);
+                continue;
+            };
+            if let Ok(st) = fstat(&fd) {
+                // Checked in this order: a file that is not ours is never chmod-ed either.
+                let ours = file_type(st.st_mode) == libc::S_IFREG && st.st_nlink == 1;
+                if ours
+                    && (st.st_mode & 0o7777 == 0o600
+                        || fchmod(&fd, Mode::from_bits_truncate(0o600)).is_ok())
+                {
+                    return Some((name, File::from(fd), st.st_size as u64));
+                }
+            }
+            self.remove_temp(&name);
+        }
+    }
+
+    /// Writes `content` into a spare, or else into a new 0600 temp file, and returns its name.
     fn create_temp(&self, content: &[u8]) -> Result<String, IpamError> {
+        if let Some((name, file, old_len)) = self.take_spare() {
+            // Overwritten, then cut: truncating to zero first would arm ext4's auto_da_alloc
+            // writeback on close (see `write_cursor`). The file has no other name yet, so its
+            // mixed content in between is seen by nobody.
+            let written =
+                std::os::unix::fs::FileExt::write_all_at(&file, content, 0).and_then(|()| {
+                    if old_len > content.len() as u64 {
+                        file.set_len(content.len() as u64)
+                    } else {
+                        Ok(())
+                    }
+                });
+            if written.is_ok() {
+                return Ok(name);
+            }
+            self.remove_temp(&name);
+        }
         let name = temp_name();
         let path = self.store.side_path.join(TMP_DIR).join(&name);
         let flags =
@@ -545,9 +613,31 @@ impl LockedStore<'_> {
     }
 
     fn remove_net_file(&self, name: &str) -> Result<(), IpamError> {
-        match unlinkat(self.net(), name, UnlinkatFlags::NoRemoveDir) {
+        self.retire(self.net(), name, || self.net_file(name))
+    }
+
+    /// Removes `dir/name`: a plain file of ours becomes a spare while there is room, anything
+    /// else is unlinked. Either way the name is gone at once, atomically.
+    fn retire(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &str,
+        path: impl Fn() -> PathBuf,
+    ) -> Result<(), IpamError> {
+        if self.spares.borrow().len() < MAX_SPARES {
+            let plain = fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| file_type(st.st_mode) == libc::S_IFREG && st.st_nlink == 1);
+            if plain {
+                let spare = format!("{SPARE_PREFIX}{}", temp_name());
+                if renameat(dir, name, self.tmp(), spare.as_str()).is_ok() {
+                    self.spares.borrow_mut().push(spare);
+                    return Ok(());
+                }
+            }
+        }
+        match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(Errno::ENOENT) => Ok(()),
-            Err(e) => Err(IpamError::io("remove", self.net_file(name), e)),
+            Err(e) => Err(IpamError::io("remove", path(), e)),
         }
     }
 
@@ -596,10 +686,7 @@ impl LockedStore<'_> {
     /// Writes the index, or removes it when empty.
     fn write_index(&self, name: &str, ips: &[IpAddr]) -> Result<(), IpamError> {
         if ips.is_empty() {
-            return match unlinkat(self.side(), name, UnlinkatFlags::NoRemoveDir) {
-                Ok(()) | Err(Errno::ENOENT) => Ok(()),
-                Err(e) => Err(IpamError::io("remove", self.side_file(name), e)),
-            };
+            return self.retire(self.side(), name, || self.side_file(name));
         }
         let content: String = ips.iter().map(|ip| format!("{ip}\n")).collect();
         self.write_atomic(self.side(), name, self.side_file(name), content.as_bytes())

@@ -476,3 +476,120 @@ fn open_existing_creates_nothing_for_unknown_networks() {
     assert!(Store::open_existing(&f.data, NET).unwrap().is_none());
     assert!(!f.net.exists());
 }
+
+fn spares(f: &Fixture) -> Vec<String> {
+    names(&f.side.join(".tmp"))
+        .into_iter()
+        .filter(|n| n.starts_with(SPARE_PREFIX))
+        .collect()
+}
+
+fn inode(path: &Path) -> u64 {
+    fs::symlink_metadata(path).unwrap().ino()
+}
+
+#[test]
+fn released_files_become_spares_and_the_next_writes_reuse_them() {
+    let f = fixture();
+    let store = f.store();
+    let locked = store.lock().unwrap();
+    locked.reserve(ip("10.1.0.2"), "c1", "eth0", 0).unwrap();
+    let freed = [
+        inode(&f.net.join("10.1.0.2")),
+        inode(&f.side.join("c1:eth0")),
+    ];
+    let (released, errors) = locked.release_attachment("c1", "eth0");
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(released, [ip("10.1.0.2")]);
+    assert_eq!(spares(&f).len(), 2);
+    drop(locked);
+
+    // A later lock holder (another process) finds them and writes into them: no new inode.
+    let locked = store.lock().unwrap();
+    assert!(locked.reserve(ip("10.1.0.9"), "c22222", "eth1", 0).unwrap());
+    drop(locked);
+    assert!(spares(&f).is_empty());
+    let reused = [
+        inode(&f.net.join("10.1.0.9")),
+        inode(&f.side.join("c22222:eth1")),
+    ];
+    for ino in reused {
+        assert!(freed.contains(&ino), "{reused:?} not from {freed:?}");
+    }
+    // Exactly what a fresh file would hold, longer and shorter content alike.
+    assert_eq!(fs::read(f.net.join("10.1.0.9")).unwrap(), b"c22222\r\neth1");
+    assert_eq!(
+        fs::read_to_string(f.side.join("c22222:eth1")).unwrap(),
+        "10.1.0.9\n"
+    );
+    for p in [f.net.join("10.1.0.9"), f.side.join("c22222:eth1")] {
+        assert_eq!(mode(&p), 0o600, "{p:?}");
+        assert_eq!(fs::metadata(&p).unwrap().nlink(), 1, "{p:?}");
+    }
+}
+
+#[test]
+fn spares_are_capped() {
+    let f = fixture();
+    let store = f.store();
+    let locked = store.lock().unwrap();
+    for i in 0..40u8 {
+        let cid = format!("c{i}");
+        locked
+            .reserve(ip(&format!("10.1.0.{}", i + 2)), &cid, "eth0", 0)
+            .unwrap();
+    }
+    for i in 0..40u8 {
+        let (_, errors) = locked.release_attachment(&format!("c{i}"), "eth0");
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+    drop(locked);
+    assert_eq!(spares(&f).len(), MAX_SPARES);
+    assert_eq!(names(&f.net), ["last_reserved_ip.0", "lock"]);
+    drop(store.lock().unwrap());
+    assert_eq!(spares(&f).len(), MAX_SPARES);
+}
+
+#[test]
+fn a_spare_that_is_not_a_plain_file_of_ours_is_removed_never_written() {
+    let f = fixture();
+    let store = f.store();
+    let locked = store.lock().unwrap();
+    locked.reserve(ip("10.1.0.2"), "c1", "eth0", 0).unwrap();
+    drop(locked);
+    let tmp = f.side.join(".tmp");
+    let victim = f._tmp.path().join("victim");
+    fs::write(&victim, "precious").unwrap();
+    // A second name of a live reservation (as a process killed between link and unlink
+    // would leave, were it named like a spare), a symlink, a directory and a FIFO.
+    fs::hard_link(f.net.join("10.1.0.2"), tmp.join("spare.1")).unwrap();
+    symlink(&victim, tmp.join("spare.2")).unwrap();
+    fs::create_dir(tmp.join("spare.3")).unwrap();
+    nix::unistd::mkfifo(&tmp.join("spare.4"), Mode::from_bits_truncate(0o600)).unwrap();
+
+    let locked = store.lock().unwrap();
+    assert!(locked.reserve(ip("10.1.0.3"), "c2", "eth0", 0).unwrap());
+    assert!(locked.reserve(ip("10.1.0.4"), "c3", "eth0", 0).unwrap());
+    drop(locked);
+    assert_eq!(fs::read(f.net.join("10.1.0.2")).unwrap(), b"c1\r\neth0");
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(fs::read(f.net.join("10.1.0.3")).unwrap(), b"c2\r\neth0");
+    assert_eq!(fs::read(f.net.join("10.1.0.4")).unwrap(), b"c3\r\neth0");
+    assert!(spares(&f).is_empty(), "{:?}", spares(&f));
+}
+
+#[test]
+fn a_go_reservation_retired_as_a_spare_is_reused_with_our_mode() {
+    let f = fixture();
+    let store = f.store();
+    f.go_reservation("10.1.0.2", "go1\r\neth0");
+    fs::set_permissions(f.net.join("10.1.0.2"), fs::Permissions::from_mode(0o644)).unwrap();
+    let locked = store.lock().unwrap();
+    let (released, errors) = locked.release_attachment("go1", "eth0");
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(released, [ip("10.1.0.2")]);
+    assert!(locked.reserve(ip("10.1.0.5"), "c5", "eth0", 0).unwrap());
+    drop(locked);
+    assert_eq!(mode(&f.net.join("10.1.0.5")), 0o600);
+    assert_eq!(mode(&f.side.join("c5:eth0")), 0o600);
+}
