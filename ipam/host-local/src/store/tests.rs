@@ -47,6 +47,12 @@ fn fixture() -> Fixture {
     }
 }
 
+/// 10.1.0.2 for c1/eth0, lock released.
+fn reserve_one(store: &Store) {
+    let locked = store.lock().unwrap();
+    assert!(locked.reserve(ip("10.1.0.2"), "c1", "eth0", 0).unwrap());
+}
+
 impl Fixture {
     fn store(&self) -> Store {
         Store::open(&self.data, NET).unwrap()
@@ -291,9 +297,7 @@ fn legacy_id_only_files() {
 fn stale_temp_files_are_removed_under_the_lock() {
     let f = fixture();
     let store = f.store();
-    let locked = store.lock().unwrap();
-    locked.reserve(ip("10.1.0.2"), "c1", "eth0", 0).unwrap();
-    drop(locked);
+    reserve_one(&store);
     let tmp = f.side.join(".tmp");
     // Killed while writing a temp file, and killed between linkat and the temp's unlink.
     fs::write(tmp.join("999.1"), "c9\r\ne").unwrap();
@@ -554,9 +558,7 @@ fn spares_are_capped() {
 fn a_spare_that_is_not_a_plain_file_of_ours_is_removed_never_written() {
     let f = fixture();
     let store = f.store();
-    let locked = store.lock().unwrap();
-    locked.reserve(ip("10.1.0.2"), "c1", "eth0", 0).unwrap();
-    drop(locked);
+    reserve_one(&store);
     let tmp = f.side.join(".tmp");
     let victim = f._tmp.path().join("victim");
     fs::write(&victim, "precious").unwrap();
