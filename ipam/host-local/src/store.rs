@@ -10,7 +10,7 @@
 //!   .tmp/                         temp files; only used under the network lock
 //!   .tmp/spare.*                  spare inodes: released files kept for reuse
 //!   .imported                     marker: pre-existing reservations have been indexed
-//!   <containerID>:<ifname>        index: the attachment's IPs, one per line
+//!   <containerID>:<ifname>        index: the attachment's IPs, one per line (see below)
 //!   <containerID>                 index of legacy ID-only reservations of that container
 //! ```
 //!
@@ -23,6 +23,11 @@
 //!   allocates and frees no inodes: on ext4 without a journal every inode allocation scans past
 //!   the recently deleted ones (`recently_deleted()`), which under churn cost more than the rest
 //!   of an ADD, and with `discard` every freed file issues a discard.
+//! * One inode per ADD, as Go: an attachment's index entry is a second hard link to its first
+//!   reservation, whose inode carries the attachment's IPs in the xattr `user.host-local.ips`
+//!   (in the inode itself on ext4 and XFS: no block either). Where user xattrs are not
+//!   supported, and for entries written before, the index is a file of its own holding the
+//!   IPs as content; both are read, so a node can move between versions either way.
 //! * Scale: the index makes ADD (duplicate check) and DEL independent of the number of
 //!   reservations. It is only a hint: every entry is verified against the reservation's content,
 //!   and DEL/CHECK fall back to Go's full directory walk when the index knows nothing.
@@ -39,7 +44,7 @@ use std::ffi::CStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
@@ -67,6 +72,8 @@ const SPARE_PREFIX: &str = "spare.";
 /// that they never matter on disk (an inode and at most one block each).
 const MAX_SPARES: usize = 32;
 const IMPORTED_MARKER: &str = ".imported";
+/// The attachment's IPs on a linked index entry (see the module doc).
+const INDEX_XATTR: &CStr = c"user.host-local.ips";
 const LINE_BREAK: &str = "\r\n";
 /// Longest reservation content we interpret; `<64-char id>\r\n<15-char ifname>` needs 81.
 /// Anything longer was not written by a host-local plugin and is left alone.
@@ -151,6 +158,19 @@ thread_local! {
     pub(crate) static FS_PROBES: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Makes this thread's index xattr calls fail as on a file system without user xattrs.
+    pub(crate) static NO_USER_XATTRS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn user_xattrs_off() -> bool {
+    #[cfg(test)]
+    return NO_USER_XATTRS.with(|c| c.get());
+    #[cfg(not(test))]
+    false
+}
+
 fn count_probes(_n: usize) {
     #[cfg(test)]
     FS_PROBES.with(|c| c.set(c.get() + _n as u64));
@@ -214,6 +234,15 @@ fn ensure_dir_at(
 /// `Some(content)` of a small regular file, `None` if it is missing, a symlink, not a regular
 /// file, or larger than `limit` (none of which we wrote).
 fn read_small(dir: BorrowedFd<'_>, name: &str, limit: u64) -> Result<Option<Vec<u8>>, Errno> {
+    match open_regular(dir, name)? {
+        Some(fd) => read_capped(fd, limit),
+        None => Ok(None),
+    }
+}
+
+/// `dir/name` opened for reading if it is a regular file; `None` if it is missing, a symlink
+/// or anything else.
+fn open_regular(dir: BorrowedFd<'_>, name: &str) -> Result<Option<OwnedFd>, Errno> {
     // O_NONBLOCK: a FIFO planted under an IP name must not hang us.
     count_probes(1);
     let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
@@ -222,9 +251,10 @@ fn read_small(dir: BorrowedFd<'_>, name: &str, limit: u64) -> Result<Option<Vec<
         Err(Errno::ENOENT | Errno::ELOOP | Errno::ENXIO) => return Ok(None),
         Err(e) => return Err(e),
     };
-    if file_type(fstat(&fd)?.st_mode) != libc::S_IFREG {
-        return Ok(None);
-    }
+    Ok((file_type(fstat(&fd)?.st_mode) == libc::S_IFREG).then_some(fd))
+}
+
+fn read_capped(fd: OwnedFd, limit: u64) -> Result<Option<Vec<u8>>, Errno> {
     let mut buf = Vec::new();
     File::from(fd)
         .take(limit + 1)
@@ -261,6 +291,60 @@ fn parse_ip_lines(content: &[u8]) -> Vec<IpAddr> {
         .filter_map(|l| IpAddr::from_str(l.trim()).ok())
         .map(canonical_ip)
         .collect()
+}
+
+fn ip_lines(ips: &[IpAddr]) -> String {
+    ips.iter().map(|ip| format!("{ip}\n")).collect()
+}
+
+/// The IP list of a linked index entry; `None` when the file has none (an index file of its
+/// own, or a file system without user xattrs).
+fn get_index_xattr(fd: BorrowedFd<'_>) -> Result<Option<Vec<u8>>, Errno> {
+    if user_xattrs_off() {
+        return Ok(None);
+    }
+    // One NAME_MAX-sized list of IPs: far more than one attachment ever holds.
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: the name is NUL-terminated and buf is writable for its length.
+    let n = unsafe {
+        libc::fgetxattr(
+            fd.as_raw_fd(),
+            INDEX_XATTR.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return match Errno::last() {
+            Errno::ENODATA | Errno::EOPNOTSUPP => Ok(None),
+            e => Err(e),
+        };
+    }
+    buf.truncate(n as usize);
+    Ok(Some(buf))
+}
+
+fn set_index_xattr(fd: BorrowedFd<'_>, value: &[u8]) -> Result<(), Errno> {
+    if user_xattrs_off() {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    // SAFETY: the name is NUL-terminated and value is readable for its length.
+    let rc = unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            INDEX_XATTR.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    Errno::result(rc).map(drop)
+}
+
+/// A reused spare may carry the list of the index it once was.
+fn clear_index_xattr(fd: BorrowedFd<'_>) {
+    // SAFETY: the name is NUL-terminated.
+    unsafe { libc::fremovexattr(fd.as_raw_fd(), INDEX_XATTR.as_ptr()) };
 }
 
 /// Reservation file names with the IP each one parses to.
@@ -503,7 +587,13 @@ impl LockedStore<'_> {
 
     /// Writes `content` into a spare, or else into a new 0600 temp file, and returns its name.
     fn create_temp(&self, content: &[u8]) -> Result<String, IpamError> {
+        self.create_temp_file(content).map(|(name, _)| name)
+    }
+
+    /// [`Self::create_temp`], with the file still open.
+    fn create_temp_file(&self, content: &[u8]) -> Result<(String, File), IpamError> {
         if let Some((name, file, old_len)) = self.take_spare() {
+            clear_index_xattr(file.as_fd());
             // Overwritten, then cut: truncating to zero first would arm ext4's auto_da_alloc
             // writeback on close (see `write_cursor`). The file has no other name yet, so its
             // mixed content in between is seen by nobody.
@@ -516,7 +606,7 @@ impl LockedStore<'_> {
                     }
                 });
             if written.is_ok() {
-                return Ok(name);
+                return Ok((name, file));
             }
             self.remove_temp(&name);
         }
@@ -536,7 +626,7 @@ impl LockedStore<'_> {
             let _ = unlinkat(self.tmp(), name.as_str(), UnlinkatFlags::NoRemoveDir);
             return Err(IpamError::io("write", &path, e));
         }
-        Ok(name)
+        Ok((name, file))
     }
 
     /// Replaces `dir/name` atomically (temp file + rename).
@@ -594,22 +684,68 @@ impl LockedStore<'_> {
     }
 
     /// Creates `<network>/<name>` with `content` atomically; `Ok(false)` if the name exists.
-    fn link_new(&self, name: &str, content: &[u8]) -> Result<bool, IpamError> {
+    /// With `new_index`, the attachment's index entry `(name, ips)`, which does not exist
+    /// yet, is made first: as a second link to this file (see the module doc), or as a file of
+    /// its own where the file system has no user xattrs.
+    fn link_new(
+        &self,
+        name: &str,
+        content: &[u8],
+        new_index: Option<(&str, &[IpAddr])>,
+    ) -> Result<bool, IpamError> {
         // No fsync: it would cost milliseconds per ADD under the lock, and what a power cut
         // can leave (a name whose content never reached the disk) belongs to a pod whose
         // namespace died with the node anyway; GC releases it, since an empty or garbled
         // owner is never in a valid-attachments list. A killed process cannot leave one:
         // the name appears only once the content is written.
-        let tmp = self.create_temp(content)?;
-        let linked = linkat(self.tmp(), tmp.as_str(), self.net(), name, AtFlags::empty());
+        let (tmp, file) = self.create_temp_file(content)?;
+        let mut linked_index = None;
+        let indexed = match new_index {
+            None => Ok(()),
+            Some((index, ips)) => {
+                if set_index_xattr(file.as_fd(), ip_lines(ips).as_bytes()).is_ok() {
+                    // Before the reservation's own name, like every index entry.
+                    let link = || {
+                        linkat(
+                            self.tmp(),
+                            tmp.as_str(),
+                            self.side(),
+                            index,
+                            AtFlags::empty(),
+                        )
+                    };
+                    let mut made = link();
+                    if made == Err(Errno::EEXIST) {
+                        // Not a file of ours (a planted symlink, say): removed, never used.
+                        made = self
+                            .retire(self.side(), index, || self.side_file(index))
+                            .map_or(made, |()| link());
+                    }
+                    made.map(|()| linked_index = Some(index))
+                        .map_err(|e| IpamError::io("create", self.side_file(index), e))
+                } else {
+                    self.write_index(index, ips)
+                }
+            }
+        };
+        drop(file);
+        let linked = indexed.and_then(|()| {
+            match linkat(self.tmp(), tmp.as_str(), self.net(), name, AtFlags::empty()) {
+                Ok(()) => Ok(true),
+                Err(Errno::EEXIST) => Ok(false),
+                Err(e) => Err(IpamError::io("create", self.net_file(name), e)),
+            }
+        });
         // If this unlink fails the temp is a second name of the reservation inode; the next
         // lock holder removes that name only.
         let _ = unlinkat(self.tmp(), tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-        match linked {
-            Ok(()) => Ok(true),
-            Err(Errno::EEXIST) => Ok(false),
-            Err(e) => Err(IpamError::io("create", self.net_file(name), e)),
+        if !matches!(linked, Ok(true)) {
+            // An index entry linked to nothing reserved would only be pruned later.
+            if let Some(index) = linked_index {
+                let _ = self.retire(self.side(), index, || self.side_file(index));
+            }
         }
+        linked
     }
 
     fn remove_net_file(&self, name: &str) -> Result<(), IpamError> {
@@ -677,8 +813,18 @@ impl LockedStore<'_> {
         Ok((full, legacy))
     }
 
+    /// The IPs an index entry lists, from either form (see the module doc).
     fn read_index(&self, name: &str) -> Result<Option<Vec<IpAddr>>, IpamError> {
-        read_small(self.side(), name, MAX_INDEX_LEN)
+        let read = || -> Result<Option<Vec<u8>>, Errno> {
+            let Some(fd) = open_regular(self.side(), name)? else {
+                return Ok(None);
+            };
+            match get_index_xattr(fd.as_fd())? {
+                Some(list) => Ok(Some(list)),
+                None => read_capped(fd, MAX_INDEX_LEN),
+            }
+        };
+        read()
             .map(|c| c.map(|c| parse_ip_lines(&c)))
             .map_err(|e| IpamError::io("read", self.side_file(name), e))
     }
@@ -688,7 +834,16 @@ impl LockedStore<'_> {
         if ips.is_empty() {
             return self.retire(self.side(), name, || self.side_file(name));
         }
-        let content: String = ips.iter().map(|ip| format!("{ip}\n")).collect();
+        let content = ip_lines(ips);
+        // A linked entry is updated in place: one setxattr, atomic, no new file.
+        let linked = open_regular(self.side(), name)
+            .ok()
+            .flatten()
+            .filter(|fd| matches!(get_index_xattr(fd.as_fd()), Ok(Some(_))));
+        if let Some(fd) = linked {
+            return set_index_xattr(fd.as_fd(), content.as_bytes())
+                .map_err(|e| IpamError::io("write the index list of", self.side_file(name), e));
+        }
         self.write_atomic(self.side(), name, self.side_file(name), content.as_bytes())
     }
 
@@ -779,15 +934,26 @@ impl LockedStore<'_> {
             Err(e) => return Err(IpamError::io("stat", self.net_file(&name), e)),
         }
         let index = index_name(container_id, ifname);
+        let mut new_index = None;
         if let Some(index) = &index {
-            let mut ips = self
-                .verified_index(index, |o| o.is_attachment(container_id, ifname))?
-                .unwrap_or_default();
+            let listed = self.verified_index(index, |o| o.is_attachment(container_id, ifname))?;
+            let stale = listed.as_ref().is_some_and(Vec::is_empty);
+            let mut ips = listed.unwrap_or_default();
             ips.push(ip);
-            self.write_index(index, &ips)?;
+            if ips.len() > 1 {
+                self.write_index(index, &ips)?;
+            } else {
+                if stale {
+                    // Nothing verified under the name: it gives way to an entry linked to
+                    // this reservation.
+                    self.retire(self.side(), index, || self.side_file(index))?;
+                }
+                new_index = Some((index.as_str(), ips));
+            }
         }
         let content = reservation_content(container_id, ifname);
-        if !self.link_new(&name, content.as_bytes())? {
+        let new_index = new_index.as_ref().map(|(i, ips)| (*i, ips.as_slice()));
+        if !self.link_new(&name, content.as_bytes(), new_index)? {
             // Created by a writer that ignores the lock; our extra index entry fails
             // verification wherever it is read.
             return Ok(false);

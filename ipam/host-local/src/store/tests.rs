@@ -47,6 +47,27 @@ fn fixture() -> Fixture {
     }
 }
 
+/// What an index entry lists, whichever form it has (see the store's module doc).
+fn index_list(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: both strings are NUL-terminated and buf is writable for its length.
+    let n = unsafe {
+        libc::lgetxattr(
+            c_path.as_ptr(),
+            INDEX_XATTR.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return fs::read_to_string(path).unwrap();
+    }
+    buf.truncate(n as usize);
+    String::from_utf8(buf).unwrap()
+}
+
 /// 10.1.0.2 for c1/eth0, lock released.
 fn reserve_one(store: &Store) {
     let locked = store.lock().unwrap();
@@ -104,16 +125,24 @@ fn exact_files_contents_and_modes() {
         "last_reserved_ip.1",
     ] {
         assert_eq!(mode(&f.net.join(name)), 0o600, "{name}");
-        assert_eq!(fs::metadata(f.net.join(name)).unwrap().nlink(), 1, "{name}");
+        // The attachment's first reservation is also its index entry; nothing else has a
+        // second name.
+        let links = if name == "10.1.0.2" { 2 } else { 1 };
+        assert_eq!(
+            fs::metadata(f.net.join(name)).unwrap().nlink(),
+            links,
+            "{name}"
+        );
     }
     assert_eq!(mode(&f.net.join("lock")), 0o750 & !mask);
 
     // The sidecar is outside the network directory and holds only our files.
     assert_eq!(names(&f.side), [".imported", ".tmp", "c1:eth0"]);
     assert_eq!(
-        fs::read_to_string(f.side.join("c1:eth0")).unwrap(),
-        "10.1.0.2\nfd00::a\n"
+        inode(&f.side.join("c1:eth0")),
+        inode(&f.net.join("10.1.0.2"))
     );
+    assert_eq!(index_list(&f.side.join("c1:eth0")), "10.1.0.2\nfd00::a\n");
     assert!(names(&f.side.join(".tmp")).is_empty());
     assert_eq!(mode(&f.side), 0o700 & !mask);
 }
@@ -236,10 +265,7 @@ fn stale_index_entries_are_verified_and_cleaned() {
     assert!(locked.reserved_by("c1", "eth0").unwrap().is_empty());
     // Reserving again prunes the stale entry.
     locked.reserve(ip("10.1.0.5"), "c1", "eth0", 0).unwrap();
-    assert_eq!(
-        fs::read_to_string(f.side.join("c1:eth0")).unwrap(),
-        "10.1.0.5\n"
-    );
+    assert_eq!(index_list(&f.side.join("c1:eth0")), "10.1.0.5\n");
     // A Go DEL and a Go re-ADD of the same attachment: the index verifies nothing, so DEL walks.
     fs::remove_file(f.net.join("10.1.0.5")).unwrap();
     f.go_reservation("10.1.0.9", "c1\r\neth0");
@@ -306,7 +332,8 @@ fn stale_temp_files_are_removed_under_the_lock() {
     drop(store.lock().unwrap());
     assert!(names(&tmp).is_empty());
     assert_eq!(fs::read(f.net.join("10.1.0.2")).unwrap(), b"c1\r\neth0");
-    assert_eq!(fs::metadata(f.net.join("10.1.0.2")).unwrap().nlink(), 1);
+    // Its own name and its index entry's, not the dead process's temp.
+    assert_eq!(fs::metadata(f.net.join("10.1.0.2")).unwrap().nlink(), 2);
 }
 
 #[test]
@@ -498,38 +525,52 @@ fn released_files_become_spares_and_the_next_writes_reuse_them() {
     let store = f.store();
     let locked = store.lock().unwrap();
     locked.reserve(ip("10.1.0.2"), "c1", "eth0", 0).unwrap();
-    let freed = [
-        inode(&f.net.join("10.1.0.2")),
-        inode(&f.side.join("c1:eth0")),
-    ];
+    // The reservation and its index entry are one inode.
+    let freed = inode(&f.net.join("10.1.0.2"));
+    assert_eq!(inode(&f.side.join("c1:eth0")), freed);
     let (released, errors) = locked.release_attachment("c1", "eth0");
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(released, [ip("10.1.0.2")]);
-    assert_eq!(spares(&f).len(), 2);
+    assert_eq!(spares(&f).len(), 1);
     drop(locked);
 
-    // A later lock holder (another process) finds them and writes into them: no new inode.
+    // A later lock holder (another process) finds it and writes into it: no new inode.
     let locked = store.lock().unwrap();
     assert!(locked.reserve(ip("10.1.0.9"), "c22222", "eth1", 0).unwrap());
     drop(locked);
     assert!(spares(&f).is_empty());
-    let reused = [
-        inode(&f.net.join("10.1.0.9")),
-        inode(&f.side.join("c22222:eth1")),
-    ];
-    for ino in reused {
-        assert!(freed.contains(&ino), "{reused:?} not from {freed:?}");
-    }
-    // Exactly what a fresh file would hold, longer and shorter content alike.
+    assert_eq!(inode(&f.net.join("10.1.0.9")), freed);
+    assert_eq!(inode(&f.side.join("c22222:eth1")), freed);
+    // Exactly what a fresh file would hold, longer content over shorter.
     assert_eq!(fs::read(f.net.join("10.1.0.9")).unwrap(), b"c22222\r\neth1");
+    assert_eq!(index_list(&f.side.join("c22222:eth1")), "10.1.0.9\n");
+    assert_eq!(mode(&f.net.join("10.1.0.9")), 0o600);
+    assert_eq!(fs::metadata(f.net.join("10.1.0.9")).unwrap().nlink(), 2);
+}
+
+#[test]
+fn a_reused_spare_never_carries_an_old_index_list() {
+    let f = fixture();
+    let store = f.store();
+    reserve_one(&store);
+    let locked = store.lock().unwrap();
+    let (_, errors) = locked.release_attachment("c1", "eth0");
+    assert!(errors.is_empty(), "{errors:?}");
+    drop(locked);
+    // c2 already has an index file of its own (an older version wrote it), so its next
+    // reservation is not an index entry and reuses the spare as a plain reservation.
+    f.go_reservation("10.1.0.7", "c2\r\neth0");
+    fs::write(f.side.join("c2:eth0"), "10.1.0.7\n").unwrap();
+    let locked = store.lock().unwrap();
+    assert!(locked.reserve(ip("10.1.0.8"), "c2", "eth0", 1).unwrap());
     assert_eq!(
-        fs::read_to_string(f.side.join("c22222:eth1")).unwrap(),
-        "10.1.0.9\n"
+        locked.reserved_by("c2", "eth0").unwrap(),
+        [ip("10.1.0.7"), ip("10.1.0.8")]
     );
-    for p in [f.net.join("10.1.0.9"), f.side.join("c22222:eth1")] {
-        assert_eq!(mode(&p), 0o600, "{p:?}");
-        assert_eq!(fs::metadata(&p).unwrap().nlink(), 1, "{p:?}");
-    }
+    drop(locked);
+    assert_eq!(index_list(&f.side.join("c2:eth0")), "10.1.0.7\n10.1.0.8\n");
+    assert_eq!(index_list(&f.net.join("10.1.0.8")), "c2\r\neth0");
+    assert_eq!(fs::metadata(f.net.join("10.1.0.8")).unwrap().nlink(), 1);
 }
 
 #[test]
@@ -594,4 +635,30 @@ fn a_go_reservation_retired_as_a_spare_is_reused_with_our_mode() {
     drop(locked);
     assert_eq!(mode(&f.net.join("10.1.0.5")), 0o600);
     assert_eq!(mode(&f.side.join("c5:eth0")), 0o600);
+}
+
+#[test]
+fn without_user_xattrs_the_index_is_a_file_of_its_own() {
+    NO_USER_XATTRS.with(|c| c.set(true));
+    let f = fixture();
+    let store = f.store();
+    let locked = store.lock().unwrap();
+    assert!(locked.reserve(ip("10.1.0.2"), "c1", "eth0", 0).unwrap());
+    assert!(locked.reserve(ip("fd00::2"), "c1", "eth0", 1).unwrap());
+    assert_eq!(
+        fs::read_to_string(f.side.join("c1:eth0")).unwrap(),
+        "10.1.0.2\nfd00::2\n"
+    );
+    for name in ["10.1.0.2", "fd00::2"] {
+        assert_eq!(fs::metadata(f.net.join(name)).unwrap().nlink(), 1, "{name}");
+    }
+    assert_eq!(
+        locked.reserved_by("c1", "eth0").unwrap(),
+        [ip("10.1.0.2"), ip("fd00::2")]
+    );
+    let (released, errors) = locked.release_attachment("c1", "eth0");
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(released, [ip("10.1.0.2"), ip("fd00::2")]);
+    assert!(!f.side.join("c1:eth0").exists());
+    NO_USER_XATTRS.with(|c| c.set(false));
 }
