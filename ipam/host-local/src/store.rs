@@ -303,7 +303,7 @@ fn get_index_xattr(fd: BorrowedFd<'_>) -> Result<Option<Vec<u8>>, Errno> {
     if user_xattrs_off() {
         return Ok(None);
     }
-    // One NAME_MAX-sized list of IPs: far more than one attachment ever holds.
+    // 4 KiB: some hundred IPs, far more than one attachment ever holds.
     let mut buf = vec![0u8; 4096];
     // SAFETY: the name is NUL-terminated and buf is writable for its length.
     let n = unsafe {

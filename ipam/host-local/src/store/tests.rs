@@ -49,23 +49,11 @@ fn fixture() -> Fixture {
 
 /// What an index entry lists, whichever form it has (see the store's module doc).
 fn index_list(path: &Path) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
-    let mut buf = vec![0u8; 4096];
-    // SAFETY: both strings are NUL-terminated and buf is writable for its length.
-    let n = unsafe {
-        libc::lgetxattr(
-            c_path.as_ptr(),
-            INDEX_XATTR.as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n < 0 {
-        return fs::read_to_string(path).unwrap();
+    let file = fs::File::open(path).unwrap();
+    match get_index_xattr(file.as_fd()).unwrap() {
+        Some(list) => String::from_utf8(list).unwrap(),
+        None => fs::read_to_string(path).unwrap(),
     }
-    buf.truncate(n as usize);
-    String::from_utf8(buf).unwrap()
 }
 
 /// 10.1.0.2 for c1/eth0, lock released.
