@@ -13,7 +13,7 @@ use std::time::Duration;
 /// What a delegate answered: its stdout JSON on success (None when it printed nothing).
 pub type DelegateOutput = Result<Option<Value>, CniError>;
 
-pub trait Delegator {
+pub trait Delegator: Sync {
     /// Runs plugin `plugin_type` for `command` with `stdin`, in `env` (the caller's whole
     /// environment; only `CNI_COMMAND` is replaced, as the spec requires).
     fn delegate(

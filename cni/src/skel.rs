@@ -170,9 +170,12 @@ fn check_not_own_netns(env: &Env) -> Result<(), CniError> {
     if overridden {
         return Ok(());
     }
+    // The calling thread's namespace, not the process's: an in-process delegate may run
+    // on a helper thread while the main thread is inside the pod's namespace for a
+    // moment (bridge's pod sysctls), and that is not the namespace this plugin works in.
     let (Ok(target), Ok(own)) = (
         std::fs::metadata(&env.netns),
-        std::fs::metadata("/proc/self/ns/net"),
+        std::fs::metadata("/proc/thread-self/ns/net"),
     ) else {
         // A missing netns is the plugin's business (DEL must still release IPAM).
         return Ok(());
@@ -448,6 +451,32 @@ mod tests {
             &ExecDelegator,
         );
         assert_eq!(out.exit_code, 0);
+    }
+
+    /// The check looks at the calling thread's namespace: an in-process delegate runs on a
+    /// helper thread while the main thread may be inside the pod's namespace.
+    #[test]
+    fn own_netns_is_the_calling_threads() {
+        std::thread::spawn(|| {
+            // SAFETY: unshare only changes this thread's namespace; no memory is involved.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                eprintln!("skipped: unshare(CLONE_NEWNET) needs root");
+                return;
+            }
+            let stdin = br#"{"cniVersion":"1.0.0","name":"n"}"#;
+            let mut env = vars("ADD", "c1");
+            env.remove("CNI_NETNS_OVERRIDE");
+            env.insert("CNI_NETNS".into(), "/proc/thread-self/ns/net".into());
+            let out = run_with(&Fake, env.clone(), stdin, &ExecDelegator);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(v["code"], 8, "this thread's own namespace is refused");
+            // The main thread's namespace is another one now: a pod's, to this thread.
+            env.insert("CNI_NETNS".into(), "/proc/self/ns/net".into());
+            let out = run_with(&Fake, env, stdin, &ExecDelegator);
+            assert_eq!(out.exit_code, 0, "{}", String::from_utf8_lossy(&out.stdout));
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod fake;
 pub mod firewall;
 pub mod netlink;
 pub mod netns;
+pub mod sched;
 pub mod sysctl;
 
 pub use error::{Error, Result};

@@ -72,10 +72,11 @@ pub trait Firewall {
     /// kept, e.g. `10.244.1.5/24`. Replaces the attachment's earlier rules.
     fn setup_masq(&self, attachment: &Attachment<'_>, ips: &[IpNet]) -> Result<()>;
 
-    /// [`Self::setup_masq`] for an attachment whose interface the caller has just
-    /// created: no rules of it can exist yet (an ADD that got as far as its rules left the
-    /// interface behind, and a repeated ADD fails on that before reaching here), so the
-    /// attachment's earlier rules need not be looked for. The netlink implementation then
+    /// [`Self::setup_masq`] for a new attachment, whose interface or addresses the caller
+    /// has just created: no rules of it can exist yet (an ADD that got as far as its rules
+    /// left the interface and its addresses behind, and a repeated ADD fails on either:
+    /// the bridge plugin's IPAM refuses a second allocation for the same container and
+    /// interface), so the attachment's earlier rules need not be looked for. The netlink implementation then
     /// reads only `postrouting` instead of every pod's rules, which made an ADD's cost grow
     /// with the number of pods on the node. Were a rule left over all the same, the copy
     /// is harmless (same match and verdict) and DEL and GC remove every copy.

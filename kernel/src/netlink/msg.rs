@@ -49,6 +49,19 @@ pub(crate) fn link_ref_message(link: LinkRef<'_>) -> LinkMessage {
     msg
 }
 
+/// RTM_GETLINK of one link (or a dump when neither index nor name is set) without its
+/// counters: IFLA_STATS/STATS64 and the IPv6 statistics are a third of a bridge's reply,
+/// and nothing here reads them.
+pub(crate) fn get_link_message(link: Option<LinkRef<'_>>) -> LinkMessage {
+    let mut msg = match link {
+        Some(l) => link_ref_message(l),
+        None => LinkMessage::default(),
+    };
+    msg.attributes
+        .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+    msg
+}
+
 /// A new link's common attributes: name, and MTU / MAC when given.
 fn named_link(name: &str, mtu: Option<u32>, mac: Option<MacAddr>) -> LinkMessage {
     let mut msg = LinkMessage::default();

@@ -28,7 +28,7 @@ fn addr_object(ifindex: u32, addr: &IpNet) -> String {
 impl Netlink for RouteSocket {
     fn link(&mut self, link: LinkRef<'_>) -> Result<Link> {
         let ctx = Ctx::new("get", link.to_string());
-        let replies = self.request(&ctx, M::GetLink(msg::link_ref_message(link)), 0)?;
+        let replies = self.request(&ctx, M::GetLink(msg::get_link_message(Some(link))), 0)?;
         replies
             .iter()
             .find_map(|m| match m {
@@ -40,7 +40,7 @@ impl Netlink for RouteSocket {
 
     fn links(&mut self) -> Result<Vec<Link>> {
         let ctx = Ctx::new("list", "links");
-        let replies = self.dump(&ctx, M::GetLink(Default::default()))?;
+        let replies = self.dump(&ctx, M::GetLink(msg::get_link_message(None)))?;
         Ok(replies
             .iter()
             .filter_map(|m| match m {

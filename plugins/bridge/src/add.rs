@@ -94,6 +94,11 @@ pub fn add(sys: &dyn System, req: &Request) -> Result<CniResult, CniError> {
 /// the ADD's latency. Others (`dhcp` runs its client on the new interface) run after
 /// the veth exists, as in the Go plugin.
 const IPAM_WITHOUT_INTERFACE: &[&str] = &["host-local", "static"];
+/// IPAM plugins whose successful ADD means a new attachment: they refuse a second
+/// allocation for the same container and interface. With them the masquerade rule is
+/// set up before the veth exists; were the attachment live (a runtime's repeated ADD),
+/// the rollback after the veth's failure would remove the live attachment's rules too.
+const IPAM_REFUSING_REPEATS: &[&str] = &["host-local"];
 
 #[allow(clippy::too_many_arguments)]
 fn run(
@@ -118,7 +123,9 @@ fn run(
     // Recorded before the call: a failed IPAM ADD gets its DEL too (the spec asks the
     // caller to let the delegate undo a partial allocation).
     created.ipam = early_ipam.is_some();
-    let (l2, mut ipam_result) = {
+    let masq_beside =
+        conf.ip_masq && early_ipam.is_some_and(|t| IPAM_REFUSING_REPEATS.contains(&t));
+    let (l2, mut ipam_result, early_masq) = {
         let mut l2 = L2 {
             sys,
             env,
@@ -129,17 +136,31 @@ fn run(
             created: &mut *created,
         };
         match early_ipam {
-            Some(ipam) => std::thread::scope(|s| {
-                let worker = s.spawn(move || l2.run());
-                let ipam = ipam_add(ipam);
-                let l2 = worker
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-                (l2, Some(ipam))
-            }),
-            None => (l2.run(), None),
+            // The veth (about 1 ms of kernel work) stays on this thread; IPAM and the
+            // masquerade rule (0.5-0.7 ms) go beside it.
+            Some(ipam) => {
+                let ((ipam, masq), l2) = kernel::sched::run_beside(
+                    || {
+                        let ipam = ipam_add(ipam);
+                        // The masquerade rule needs only the addresses.
+                        let masq = match &ipam {
+                            Ok(r) if masq_beside && !r.ips.is_empty() => {
+                                Some(setup_masq(sys, req, r.ips.iter().map(|ip| ip.address)))
+                            }
+                            _ => None,
+                        };
+                        (ipam, masq)
+                    },
+                    || l2.run(),
+                );
+                (l2, Some(ipam), masq)
+            }
+            None => (l2.run(), None, None),
         }
     };
+    // Whatever the outcome: a failed transaction may still have created the table, and
+    // teardown of what is absent is a no-op.
+    created.masq = early_masq.is_some();
     // The interface's failure first: the Go plugin would not have asked IPAM yet.
     let l2 = l2?;
     if ipam_result.is_none() {
@@ -157,7 +178,25 @@ fn run(
         br: l2.bridge.clone(),
         created,
     };
-    rest.steps(prev, l2, ipam_result.transpose()?)
+    rest.steps(prev, l2, ipam_result.transpose()?, early_masq)
+}
+
+/// Masquerades the pod's addresses. `setup_masq_new`: the veth was just created, or (see
+/// `IPAM_REFUSING_REPEATS`) the addresses were just allocated.
+fn setup_masq(
+    sys: &dyn System,
+    req: &Request,
+    ips: impl Iterator<Item = IpNet>,
+) -> Result<(), BridgeError> {
+    let att = Attachment {
+        network: &req.conf.name,
+        container_id: &req.env.container_id,
+        ifname: &req.env.ifname,
+    };
+    let ips: Vec<IpNet> = ips.collect();
+    sys.firewall()
+        .setup_masq_new(&att, &ips)
+        .map_err(|e| BridgeError::kernel("failed to set up ip masquerading", e))
 }
 
 /// The bridge and the veth, as they stand after the layer-2 setup.
@@ -167,8 +206,8 @@ struct L2Done {
     host_veth: Link,
 }
 
-/// Layer 2: bridge, veth, port settings, VLANs, spoof check. Runs on a worker thread
-/// when IPAM runs at the same time, hence only `Send` parts.
+/// Layer 2: bridge, veth, port settings, VLANs, spoof check; on the calling thread, with
+/// IPAM beside it when the IPAM plugin allows.
 struct L2<'a> {
     sys: &'a dyn System,
     env: &'a Env,
@@ -206,8 +245,7 @@ impl L2<'_> {
             }
         }
         if conf.is_layer3() {
-            // Here rather than after IPAM as in the Go plugin: with IPAM running at the
-            // same time, the thread this needs costs nothing on the ADD's latency.
+            // Here rather than after IPAM as in the Go plugin: it then overlaps IPAM.
             pod_base_sysctls(&*self.pod, &self.env.ifname, conf.enable_dad)?;
         }
         Ok(L2Done {
@@ -479,6 +517,7 @@ impl Add<'_> {
         prev: Option<CniResult>,
         l2: L2Done,
         ipam_result: Option<CniResult>,
+        early_masq: Option<Result<(), BridgeError>>,
     ) -> Result<CniResult, BridgeError> {
         let conf = self.conf;
         let env = self.req.env;
@@ -496,46 +535,19 @@ impl Add<'_> {
                 return Err(BridgeError::IpamNoIps);
             }
             let plan = plan::plan(&ipam_result, conf, (offset + POD_IFINDEX_IN_RESULT) as u32);
-            let masq_ips: Option<Vec<IpNet>> = conf
-                .ip_masq
-                .then(|| plan.ips.iter().map(|ip| ip.address).collect());
-            // Recorded before the attempt: a failed transaction may still have created the
-            // table, and teardown of what is absent is a no-op.
-            self.created.masq = masq_ips.is_some();
-            let (sys, network) = (self.sys, self.req.conf.name.as_str());
-            // The masquerade rule needs only the addresses, not the interface: its nf_tables
-            // transaction (0.3-0.6 ms) runs beside the pod's and the gateway's setup. An
-            // interface failure still wins the report, as the Go plugin, which masquerades
-            // last, would have stopped there.
-            let (configured, masq) = std::thread::scope(|s| {
-                let masq = masq_ips.as_ref().map(|ips| {
-                    s.spawn(move || {
-                        let att = Attachment {
-                            network,
-                            container_id: &env.container_id,
-                            ifname: &env.ifname,
-                        };
-                        // The interface was created by this ADD (see setup_masq_new).
-                        sys.firewall().setup_masq_new(&att, ips)
-                    })
-                });
-                let configured = self.configure_pod(container.index, &plan).and_then(|()| {
-                    if conf.is_gateway {
-                        self.configure_gateways(&plan)
-                    } else {
-                        Ok(None)
-                    }
-                });
-                let masq = masq.map(|worker| {
-                    worker
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                });
-                (configured, masq)
-            });
-            extra_interfaces.extend(configured?);
-            if let Some(masq) = masq {
-                masq.map_err(|e| BridgeError::kernel("failed to set up ip masquerading", e))?;
+            self.configure_pod(container.index, &plan)?;
+            if conf.is_gateway {
+                extra_interfaces.extend(self.configure_gateways(&plan)?);
+            }
+            // An interface failure wins the report over a masquerade failure, as in the Go
+            // plugin, which masquerades last.
+            match early_masq {
+                Some(masq) => masq?,
+                None if conf.ip_masq => {
+                    self.created.masq = true;
+                    setup_masq(self.sys, self.req, plan.ips.iter().map(|ip| ip.address))?;
+                }
+                None => {}
             }
             ours.ips = plan.ips;
             ours.routes = plan.routes;

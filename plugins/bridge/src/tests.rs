@@ -313,7 +313,10 @@ impl FakeIpam {
 
 impl Delegator for FakeIpam {
     fn delegate(&self, plugin: &str, command: Command, stdin: &[u8], env: &Env) -> DelegateOutput {
-        assert!(plugin == "host-local" || plugin == "dhcp", "{plugin}");
+        assert!(
+            ["host-local", "dhcp", "static"].contains(&plugin),
+            "{plugin}"
+        );
         assert!(!stdin.is_empty(), "IPAM gets the whole config");
         self.calls.lock().unwrap().push((plugin.into(), command));
         {
@@ -883,6 +886,33 @@ fn ifname_already_in_the_pod() {
     assert!(veths(&sys).is_empty());
 }
 
+/// A runtime's repeated ADD of a live attachment fails on the existing interface and
+/// leaves the live attachment's masquerade rule, also with an IPAM plugin that hands out
+/// the same addresses again (static), where the rule waits for the veth.
+#[test]
+fn repeated_add_keeps_the_live_masquerade_rule() {
+    for ipam_type in ["host-local", "static"] {
+        let sys = FakeSystem::new();
+        let ipam = FakeIpam::default();
+        let c = conf(json!({"ipMasq": true, "ipam": {"type": ipam_type}}));
+        do_add(&sys, &ipam, "c1", POD, &c).unwrap();
+        let key = ("cbr0".to_string(), "c1".to_string(), "eth0".to_string());
+        assert!(sys.fw_state().masq.contains_key(&key), "{ipam_type}");
+        let e = do_add(&sys, &ipam, "c1", POD, &c).unwrap_err();
+        assert!(
+            e.msg.contains("(eth0) already exists"),
+            "{ipam_type}: {}",
+            e.msg
+        );
+        if ipam_type == "static" {
+            assert!(
+                sys.fw_state().masq.contains_key(&key),
+                "static: the live rule was removed"
+            );
+        }
+    }
+}
+
 /// An IPAM plugin that may need the interface (dhcp) runs after the veth exists, and not
 /// at all when the veth cannot be made; host-local runs alongside.
 #[test]
@@ -1005,6 +1035,8 @@ fn ipam_errors_pass_through_and_are_rolled_back() {
 #[test]
 fn rollback_on_every_injected_failure() {
     let netlink_failures = [
+        // The masquerade rule is set up while the veth is created: it goes too.
+        ("create_veth", "failed to create veth pair \"eth0\""),
         ("set_master", "failed to connect"),
         ("set_bridge_port", "failed to setup hairpin mode for veth"),
         (
