@@ -14,7 +14,7 @@ use kernel::netlink::{
     BridgePortFlags, BridgeSpec, BridgeVlan, Family, Link, LinkKind, LinkRef, MacAddr, Netlink,
     OperState, Route, RouteMode, RouteScope, VethSpec,
 };
-use kernel::{NetNs, SysctlKey};
+use kernel::SysctlKey;
 use nix::errno::Errno;
 use std::time::Duration;
 
@@ -53,20 +53,8 @@ pub fn add(sys: &dyn System, req: &Request) -> Result<CniResult, CniError> {
     let mut host = sys.host_netlink().map_err(|e| {
         BridgeError::kernel("failed to open a netlink socket in the host namespace", e)
     })?;
-    let host_ns = sys
-        .host_ns()
-        .map_err(|e| BridgeError::kernel("failed to open the host network namespace", e))?;
     let mut created = Created::default();
-    let outcome = run(
-        sys,
-        req,
-        &conf,
-        prev,
-        &mut *pod,
-        &mut *host,
-        &host_ns,
-        &mut created,
-    );
+    let outcome = run(sys, req, &conf, prev, &mut *pod, &mut *host, &mut created);
     match outcome {
         Ok(result) => Ok(result),
         Err(e) => {
@@ -108,7 +96,6 @@ fn run(
     prev: Option<CniResult>,
     pod: &mut (dyn Pod + Send),
     host: &mut (dyn Netlink + Send),
-    host_ns: &NetNs,
     created: &mut Created,
 ) -> Result<CniResult, BridgeError> {
     let env = req.env;
@@ -132,7 +119,6 @@ fn run(
             conf,
             pod: &mut *pod,
             host: &mut *host,
-            host_ns,
             created: &mut *created,
         };
         match early_ipam {
@@ -214,7 +200,6 @@ struct L2<'a> {
     conf: &'a BridgeConf,
     pod: &'a mut (dyn Pod + Send),
     host: &'a mut (dyn Netlink + Send),
-    host_ns: &'a NetNs,
     created: &'a mut Created,
 }
 
@@ -222,8 +207,8 @@ impl L2<'_> {
     fn run(&mut self) -> Result<L2Done, BridgeError> {
         let conf = self.conf;
         let bridge = ensure_bridge(self.sys, &mut *self.host, conf)?;
-        let (container, host_veth) = self.create_veth()?;
-        self.attach_port(&host_veth, &bridge)?;
+        let (container, host_veth) = self.create_veth(&bridge)?;
+        self.configure_port(&host_veth)?;
         if conf.uses_vlans() {
             setup_port_vlans(&mut *self.host, host_veth.index, &host_veth.name, conf)?;
         }
@@ -255,9 +240,10 @@ impl L2<'_> {
         })
     }
 
-    /// One request from inside the pod creates both ends, the host end directly in the
-    /// host namespace. Returns the container end and the host end.
-    fn create_veth(&mut self) -> Result<(Link, Link), BridgeError> {
+    /// One request from the host creates both ends, the pod's directly in the pod's
+    /// namespace and the host's already on the bridge and up. Returns the container end
+    /// and the host end.
+    fn create_veth(&mut self, bridge: &Link) -> Result<(Link, Link), BridgeError> {
         let env = self.env;
         let ifname = env.ifname.as_str();
         let mut last = None;
@@ -265,14 +251,16 @@ impl L2<'_> {
             // "veth" + 8 hex digits: NetworkManager ignores veth* devices.
             let peer = format!("veth{:08x}", self.sys.random_u32());
             let spec = VethSpec {
-                name: ifname,
-                mac: self.conf.mac,
-                peer_name: &peer,
-                peer_mac: None,
+                name: &peer,
+                mac: None,
+                peer_name: ifname,
+                peer_mac: self.conf.mac,
                 mtu: self.conf.mtu,
-                peer_netns: Some(self.host_ns),
+                peer_netns: Some(self.pod.ns()),
+                master: Some(bridge.index),
+                up: true,
             };
-            match self.pod.netlink().create_veth(&spec) {
+            match self.host.create_veth(&spec) {
                 Ok(()) => {
                     let container = self.pod.netlink().link(LinkRef::Name(ifname));
                     // Recorded as soon as it exists, so a failed lookup is rolled back.
@@ -335,23 +323,14 @@ impl L2<'_> {
         ))
     }
 
-    fn attach_port(&mut self, veth: &Link, br: &Link) -> Result<(), BridgeError> {
+    /// The host end's settings beyond the bridge and up, which its creation did.
+    fn configure_port(&mut self, veth: &Link) -> Result<(), BridgeError> {
         let (name, conf) = (veth.name.as_str(), self.conf);
-        // Before the link comes up, when IPv6 would start on it: "we own the routes".
+        // "We own the routes": no router solicitations, which the kernel would send once
+        // the port's link-local address passes DAD, a second after it came up.
         if let Ok(key) = SysctlKey::interface(Family::V6, name, "accept_ra") {
             let _ = self.sys.host_sysctl().write(&key, "0");
         }
-        self.host
-            .set_master_and_up(LinkRef::Index(veth.index), br.index)
-            .map_err(|e| {
-                BridgeError::kernel(
-                    format!(
-                        "failed to connect {name:?} to bridge {} and set it up",
-                        br.name
-                    ),
-                    e,
-                )
-            })?;
         // A new port starts with hairpin and isolation off: only a request for either
         // costs a round trip. Nothing crosses the port yet (the pod end has no address),
         // so setting them on a port that is already up changes nothing observable.
@@ -777,7 +756,7 @@ impl Add<'_> {
             peer_name: &peer,
             peer_mac: None,
             mtu: Some(self.br.mtu).filter(|m| *m > 0),
-            peer_netns: None,
+            ..Default::default()
         };
         match self.host.create_veth(&spec) {
             Ok(()) => {
