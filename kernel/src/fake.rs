@@ -47,34 +47,6 @@ impl FakeNs {
             .map(|l| l.index)
     }
 
-    /// Sets (or clears) link `idx`'s master, as the kernel does for a bridge: the port
-    /// gets bridge port info and the default PVID 1.
-    fn enslave(&mut self, idx: u32, master: Option<u32>) -> Result<()> {
-        if let Some(m) = master {
-            if !self.links.contains_key(&m) {
-                return Err(err("set_master", format!("master #{m}"), Errno::ENODEV));
-            }
-        }
-        let is_bridge = master
-            .and_then(|m| self.links.get(&m))
-            .is_some_and(|l| l.kind == Some(LinkKind::Bridge));
-        if let Some(l) = self.links.get_mut(&idx) {
-            l.master = master;
-            l.bridge_port = is_bridge.then(BridgePortInfo::default);
-        }
-        if is_bridge {
-            let pvid1 = BridgeVlan {
-                vid: 1,
-                pvid: true,
-                untagged: true,
-            };
-            self.vlans.insert(idx, vec![pvid1]);
-        } else {
-            self.vlans.remove(&idx);
-        }
-        Ok(())
-    }
-
     fn resolve(&self, link: LinkRef<'_>) -> Option<u32> {
         match link {
             LinkRef::Index(i) => self.links.contains_key(&i).then_some(i),
@@ -342,18 +314,8 @@ impl Netlink for FakeNetlink {
                 local.link_netnsid = Some(0);
                 peer.link_netnsid = Some(0);
             }
-            local.up = spec.up;
-            if let Some(m) = spec.master {
-                // The kernel unregisters the new pair when enslaving fails.
-                if !w.ns(ns).links.contains_key(&m) {
-                    return Err(err("create_veth", format!("master #{m}"), Errno::ENODEV));
-                }
-            }
             w.ns(ns).links.insert(a, local);
             w.ns(&peer_ns).links.insert(b, peer);
-            if spec.master.is_some() {
-                w.ns(ns).enslave(a, spec.master)?;
-            }
             w.veth_peers
                 .insert((ns.to_owned(), a), (peer_ns.clone(), b));
             w.veth_peers
@@ -442,7 +404,30 @@ impl Netlink for FakeNetlink {
             let idx = space
                 .resolve(link)
                 .ok_or_else(|| err("set_master", link.to_string(), Errno::ENODEV))?;
-            space.enslave(idx, master)
+            if let Some(m) = master {
+                if !space.links.contains_key(&m) {
+                    return Err(err("set_master", format!("master #{m}"), Errno::ENODEV));
+                }
+            }
+            let is_bridge = master
+                .and_then(|m| space.links.get(&m))
+                .is_some_and(|l| l.kind == Some(LinkKind::Bridge));
+            if let Some(l) = space.links.get_mut(&idx) {
+                l.master = master;
+                l.bridge_port = is_bridge.then(BridgePortInfo::default);
+            }
+            // Enslaving to a bridge gives the port the default PVID 1.
+            if is_bridge {
+                let pvid1 = BridgeVlan {
+                    vid: 1,
+                    pvid: true,
+                    untagged: true,
+                };
+                space.vlans.insert(idx, vec![pvid1]);
+            } else {
+                space.vlans.remove(&idx);
+            }
+            Ok(())
         })
     }
 

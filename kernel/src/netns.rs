@@ -56,17 +56,6 @@ impl NetNs {
         Ok(NetNs { fd, path })
     }
 
-    /// For the fake kernel, which tells namespaces apart by path: the calling thread's
-    /// namespace under the name `path`.
-    #[cfg(any(test, feature = "fake"))]
-    pub fn fake(path: impl AsRef<Path>) -> Result<Self> {
-        let current = Self::current()?;
-        Ok(NetNs {
-            fd: current.fd,
-            path: path.as_ref().to_path_buf(),
-        })
-    }
-
     /// The namespace of the calling *thread*. `/proc/self/ns/net` would name
     /// the main thread's namespace, which differs inside [`run_in_netns`].
     pub fn current() -> Result<Self> {

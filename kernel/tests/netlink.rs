@@ -33,63 +33,11 @@ fn bridge_and_veth(host: &mut RouteSocket, pod: &PodNs) -> (Link, Link, RouteSoc
             peer_mac: None,
             mtu: Some(1450),
             peer_netns: Some(&host_ns),
-            ..Default::default()
         })
         .unwrap();
     let eth0 = pod_sock.link(LinkRef::Name("eth0")).unwrap();
     let veth = host.link(LinkRef::Name("vethtest0")).unwrap();
     (eth0, veth, pod_sock)
-}
-
-/// The bridge plugin's request: from the host, the host end enslaved and up, the pod
-/// end (with its MAC) directly in the pod; a master that does not exist undoes it all.
-#[test]
-fn veth_created_on_the_bridge_and_up() {
-    let Some(_ns) = isolate() else { return };
-    let pod = PodNs::new();
-    let pod_ns = pod.open();
-    let mut host = RouteSocket::open().unwrap();
-    host.create_bridge(&BridgeSpec {
-        name: "br0",
-        mtu: Some(1450),
-        vlan_filtering: false,
-    })
-    .unwrap();
-    let br = host.link("br0".into()).unwrap();
-    let mac: MacAddr = "02:42:ac:11:00:09".parse().unwrap();
-    host.create_veth(&VethSpec {
-        name: "vethport0",
-        peer_name: "eth0",
-        peer_mac: Some(mac),
-        mtu: Some(1450),
-        peer_netns: Some(&pod_ns),
-        master: Some(br.index),
-        up: true,
-        ..Default::default()
-    })
-    .unwrap();
-    let port = host.link("vethport0".into()).unwrap();
-    assert_eq!(port.master, Some(br.index));
-    assert!(port.up);
-    assert!(port.bridge_port.is_some(), "a bridge port: {port:?}");
-    let mut pod_sock = RouteSocket::open_in(&pod_ns).unwrap();
-    let eth0 = pod_sock.link("eth0".into()).unwrap();
-    assert_eq!((eth0.mac, eth0.mtu, eth0.up), (Some(mac), 1450, false));
-    assert!(host.link("eth0".into()).unwrap_err().is_not_found());
-
-    let err = host
-        .create_veth(&VethSpec {
-            name: "vethport1",
-            peer_name: "eth1",
-            peer_netns: Some(&pod_ns),
-            master: Some(999_999),
-            up: true,
-            ..Default::default()
-        })
-        .unwrap_err();
-    assert!(!err.is_exists(), "{err}");
-    assert!(host.link("vethport1".into()).unwrap_err().is_not_found());
-    assert!(pod_sock.link("eth1".into()).unwrap_err().is_not_found());
 }
 
 #[test]
@@ -139,8 +87,9 @@ fn bridge_veth_and_link_attributes() {
     assert!(err.is_exists(), "{err}");
     assert!(err.to_string().contains("eth0"), "{err}");
 
-    host.set_master("vethtest0".into(), Some(br.index)).unwrap();
-    host.set_up("vethtest0".into(), true).unwrap();
+    // Enslaved and up in one request (what ADD does).
+    host.set_master_and_up("vethtest0".into(), br.index)
+        .unwrap();
     host.set_up(LinkRef::Index(br.index), true).unwrap();
     pod_sock.set_up("eth0".into(), true).unwrap();
     let veth = host.link(LinkRef::Index(veth.index)).unwrap();

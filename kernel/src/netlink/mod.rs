@@ -50,6 +50,13 @@ pub trait Netlink {
     fn set_mac(&mut self, link: LinkRef<'_>, mac: MacAddr) -> Result<()>;
     /// Enslaves the link to `master` (a bridge ifindex), or frees it (None).
     fn set_master(&mut self, link: LinkRef<'_>, master: Option<u32>) -> Result<()>;
+    /// Enslaves the link to `master` and sets it up. The socket does both in one request
+    /// (one RTNL acquisition instead of two, which concurrent ADDs queue on); the default
+    /// is the two requests.
+    fn set_master_and_up(&mut self, link: LinkRef<'_>, master: u32) -> Result<()> {
+        self.set_master(link, Some(master))?;
+        self.set_up(link, true)
+    }
     fn set_promisc(&mut self, link: LinkRef<'_>, on: bool) -> Result<()>;
 
     /// Sets hairpin / isolated on a bridge port.

@@ -115,16 +115,6 @@ pub(crate) fn new_veth(spec: &VethSpec<'_>) -> LinkMessage {
         LinkAttribute::NumTxQueues(VETH_QUEUES),
         LinkAttribute::NumRxQueues(VETH_QUEUES),
     ]);
-    // rtnl_newlink_create applies these to the new local end under the same RTNL hold
-    // (up, then master), sparing the RTM_SETLINK that every concurrent ADD and DEL on
-    // the node would queue behind; a failure unregisters the pair again.
-    if spec.up {
-        msg.header.flags |= LinkFlags::Up;
-        msg.header.change_mask |= LinkFlags::Up;
-    }
-    if let Some(master) = spec.master {
-        msg.attributes.push(LinkAttribute::Controller(master));
-    }
     msg.attributes.push(LinkAttribute::LinkInfo(vec![
         LinkInfo::Kind(InfoKind::Veth),
         LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
@@ -729,13 +719,8 @@ mod tests {
             peer_mac: None,
             mtu: Some(1400),
             peer_netns: None,
-            master: Some(7),
-            up: true,
         });
-        assert!(msg.header.flags.contains(LinkFlags::Up));
-        assert!(msg.header.change_mask.contains(LinkFlags::Up));
         let parsed = round_trip(&msg);
-        assert_eq!(parse_link(&parsed).master, Some(7));
         let link = parse_link(&parsed);
         assert_eq!(
             (link.name.as_str(), link.mac, link.mtu),

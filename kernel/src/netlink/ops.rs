@@ -112,6 +112,15 @@ impl Netlink for RouteSocket {
         self.ack(ctx, M::SetLink(msg::set_attr(link, attr)), 0)
     }
 
+    fn set_master_and_up(&mut self, link: LinkRef<'_>, master: u32) -> Result<()> {
+        let ctx = Ctx::new("set master and up", format!("{link} to link #{master}"));
+        // do_setlink applies the flags, then IFLA_MASTER: the port comes up an instant
+        // before it is enslaved, with the same end state as the two requests.
+        let mut msg = msg::set_flag(link, LinkFlags::Up, true);
+        msg.attributes.push(LinkAttribute::Controller(master));
+        self.ack(ctx, M::SetLink(msg), 0)
+    }
+
     fn set_promisc(&mut self, link: LinkRef<'_>, on: bool) -> Result<()> {
         let ctx = Ctx::new(
             if on {

@@ -174,10 +174,6 @@ pub struct VethSpec<'a> {
     pub mtu: Option<u32>,
     /// None: the peer stays in the socket's namespace.
     pub peer_netns: Option<&'a NetNs>,
-    /// Enslaves the local end to this link (a bridge) in the creating request.
-    pub master: Option<u32>,
-    /// Sets the local end up in the creating request.
-    pub up: bool,
 }
 
 /// A VXLAN device to create (flannel's `flannel.<vni>`).

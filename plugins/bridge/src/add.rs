@@ -14,7 +14,7 @@ use kernel::netlink::{
     BridgePortFlags, BridgeSpec, BridgeVlan, Family, Link, LinkKind, LinkRef, MacAddr, Netlink,
     OperState, Route, RouteMode, RouteScope, VethSpec,
 };
-use kernel::SysctlKey;
+use kernel::{NetNs, SysctlKey};
 use nix::errno::Errno;
 use std::time::Duration;
 
@@ -53,8 +53,20 @@ pub fn add(sys: &dyn System, req: &Request) -> Result<CniResult, CniError> {
     let mut host = sys.host_netlink().map_err(|e| {
         BridgeError::kernel("failed to open a netlink socket in the host namespace", e)
     })?;
+    let host_ns = sys
+        .host_ns()
+        .map_err(|e| BridgeError::kernel("failed to open the host network namespace", e))?;
     let mut created = Created::default();
-    let outcome = run(sys, req, &conf, prev, &mut *pod, &mut *host, &mut created);
+    let outcome = run(
+        sys,
+        req,
+        &conf,
+        prev,
+        &mut *pod,
+        &mut *host,
+        &host_ns,
+        &mut created,
+    );
     match outcome {
         Ok(result) => Ok(result),
         Err(e) => {
@@ -96,6 +108,7 @@ fn run(
     prev: Option<CniResult>,
     pod: &mut (dyn Pod + Send),
     host: &mut (dyn Netlink + Send),
+    host_ns: &NetNs,
     created: &mut Created,
 ) -> Result<CniResult, BridgeError> {
     let env = req.env;
@@ -119,6 +132,7 @@ fn run(
             conf,
             pod: &mut *pod,
             host: &mut *host,
+            host_ns,
             created: &mut *created,
         };
         match early_ipam {
@@ -200,6 +214,7 @@ struct L2<'a> {
     conf: &'a BridgeConf,
     pod: &'a mut (dyn Pod + Send),
     host: &'a mut (dyn Netlink + Send),
+    host_ns: &'a NetNs,
     created: &'a mut Created,
 }
 
@@ -207,8 +222,8 @@ impl L2<'_> {
     fn run(&mut self) -> Result<L2Done, BridgeError> {
         let conf = self.conf;
         let bridge = ensure_bridge(self.sys, &mut *self.host, conf)?;
-        let (container, host_veth) = self.create_veth(&bridge)?;
-        self.configure_port(&host_veth)?;
+        let (container, host_veth) = self.create_veth()?;
+        self.attach_port(&host_veth, &bridge)?;
         if conf.uses_vlans() {
             setup_port_vlans(&mut *self.host, host_veth.index, &host_veth.name, conf)?;
         }
@@ -240,10 +255,9 @@ impl L2<'_> {
         })
     }
 
-    /// One request from the host creates both ends, the pod's directly in the pod's
-    /// namespace and the host's already on the bridge and up. Returns the container end
-    /// and the host end.
-    fn create_veth(&mut self, bridge: &Link) -> Result<(Link, Link), BridgeError> {
+    /// One request from inside the pod creates both ends, the host end directly in the
+    /// host namespace. Returns the container end and the host end.
+    fn create_veth(&mut self) -> Result<(Link, Link), BridgeError> {
         let env = self.env;
         let ifname = env.ifname.as_str();
         let mut last = None;
@@ -251,16 +265,14 @@ impl L2<'_> {
             // "veth" + 8 hex digits: NetworkManager ignores veth* devices.
             let peer = format!("veth{:08x}", self.sys.random_u32());
             let spec = VethSpec {
-                name: &peer,
-                mac: None,
-                peer_name: ifname,
-                peer_mac: self.conf.mac,
+                name: ifname,
+                mac: self.conf.mac,
+                peer_name: &peer,
+                peer_mac: None,
                 mtu: self.conf.mtu,
-                peer_netns: Some(self.pod.ns()),
-                master: Some(bridge.index),
-                up: true,
+                peer_netns: Some(self.host_ns),
             };
-            match self.host.create_veth(&spec) {
+            match self.pod.netlink().create_veth(&spec) {
                 Ok(()) => {
                     let container = self.pod.netlink().link(LinkRef::Name(ifname));
                     // Recorded as soon as it exists, so a failed lookup is rolled back.
@@ -323,14 +335,23 @@ impl L2<'_> {
         ))
     }
 
-    /// The host end's settings beyond the bridge and up, which its creation did.
-    fn configure_port(&mut self, veth: &Link) -> Result<(), BridgeError> {
+    fn attach_port(&mut self, veth: &Link, br: &Link) -> Result<(), BridgeError> {
         let (name, conf) = (veth.name.as_str(), self.conf);
-        // "We own the routes": no router solicitations, which the kernel would send once
-        // the port's link-local address passes DAD, a second after it came up.
+        // Before the link comes up, when IPv6 would start on it: "we own the routes".
         if let Ok(key) = SysctlKey::interface(Family::V6, name, "accept_ra") {
             let _ = self.sys.host_sysctl().write(&key, "0");
         }
+        self.host
+            .set_master_and_up(LinkRef::Index(veth.index), br.index)
+            .map_err(|e| {
+                BridgeError::kernel(
+                    format!(
+                        "failed to connect {name:?} to bridge {} and set it up",
+                        br.name
+                    ),
+                    e,
+                )
+            })?;
         // A new port starts with hairpin and isolation off: only a request for either
         // costs a round trip. Nothing crosses the port yet (the pod end has no address),
         // so setting them on a port that is already up changes nothing observable.
@@ -756,7 +777,7 @@ impl Add<'_> {
             peer_name: &peer,
             peer_mac: None,
             mtu: Some(self.br.mtu).filter(|m| *m > 0),
-            ..Default::default()
+            peer_netns: None,
         };
         match self.host.create_veth(&spec) {
             Ok(()) => {

@@ -23,6 +23,8 @@ pub trait System: Sync {
     fn host_netlink(&self) -> kernel::Result<Box<dyn Netlink + Send>>;
     fn host_sysctl(&self) -> &dyn Sysctl;
     fn firewall(&self) -> &dyn Firewall;
+    /// A handle on the host namespace, where the veth peer is created.
+    fn host_ns(&self) -> kernel::Result<NetNs>;
     /// Opens a pod's namespace. Missing paths fail with `is_not_found()`, paths that are
     /// not network namespaces with [`kernel::Error::NotNetns`].
     fn open_pod(&self, path: &str) -> kernel::Result<Box<dyn Pod + Send>>;
@@ -36,8 +38,6 @@ pub trait System: Sync {
 pub trait Pod {
     /// Netlink bound to the pod's namespace.
     fn netlink(&mut self) -> &mut dyn Netlink;
-    /// The pod's namespace (to create a link's peer in it).
-    fn ns(&self) -> &NetNs;
     /// Runs `f` with sysctl access resolved in the pod's namespace (/proc/sys/net
     /// follows the calling thread's namespace).
     fn with_sysctl(&self, f: &mut (dyn FnMut(&dyn Sysctl) + Send)) -> kernel::Result<()>;
@@ -68,10 +68,6 @@ impl Pod for RealPod {
         &mut self.socket
     }
 
-    fn ns(&self) -> &NetNs {
-        &self.ns
-    }
-
     fn with_sysctl(&self, f: &mut (dyn FnMut(&dyn Sysctl) + Send)) -> kernel::Result<()> {
         // /proc/sys/net resolves in the opening thread's namespace. Entered on this thread
         // and left again, as `open_pod` does: two setns calls where a helper thread would
@@ -94,6 +90,10 @@ impl<F: Firewall + crate::firewall::SpoofCheckLister + Sync> System for RealSyst
 
     fn firewall(&self) -> &dyn Firewall {
         &self.firewall
+    }
+
+    fn host_ns(&self) -> kernel::Result<NetNs> {
+        NetNs::current()
     }
 
     fn open_pod(&self, path: &str) -> kernel::Result<Box<dyn Pod + Send>> {

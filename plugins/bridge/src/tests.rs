@@ -83,15 +83,11 @@ impl Firewall for TestFirewall {
 struct FakePod {
     nl: FakeNetlink,
     sysctl: FakeSysctl,
-    ns: NetNs,
 }
 
 impl Pod for FakePod {
     fn netlink(&mut self) -> &mut dyn Netlink {
         &mut self.nl
-    }
-    fn ns(&self) -> &NetNs {
-        &self.ns
     }
     fn with_sysctl(&self, f: &mut (dyn FnMut(&dyn Sysctl) + Send)) -> kernel::Result<()> {
         f(&self.sysctl);
@@ -224,6 +220,9 @@ impl System for FakeSystem {
     fn firewall(&self) -> &dyn Firewall {
         &self.fw
     }
+    fn host_ns(&self) -> kernel::Result<NetNs> {
+        NetNs::current()
+    }
     fn open_pod(&self, path: &str) -> kernel::Result<Box<dyn Pod + Send>> {
         if self.missing.lock().unwrap().iter().any(|p| p == path) {
             return Err(kernel::Error::NetnsNotFound { path: path.into() });
@@ -237,7 +236,6 @@ impl System for FakeSystem {
         Ok(Box::new(FakePod {
             nl: self.kernel.netlink(path),
             sysctl: self.kernel.sysctl(path),
-            ns: NetNs::fake(path)?,
         }))
     }
     fn spoof_checks(&self) -> kernel::Result<Vec<SpoofCheckRef>> {
@@ -1039,6 +1037,7 @@ fn rollback_on_every_injected_failure() {
     let netlink_failures = [
         // The masquerade rule is set up while the veth is created: it goes too.
         ("create_veth", "failed to create veth pair \"eth0\""),
+        ("set_master", "failed to connect"),
         ("set_bridge_port", "failed to setup hairpin mode for veth"),
         (
             "add_address",
