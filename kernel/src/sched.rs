@@ -37,7 +37,8 @@ extern "C" {
 /// caller has CPUs, itself included), both run here one after the other, `main` first
 /// (a panic in it then skips `side`): a second thread would only add its own cost
 /// (creation, migration, the wake-ups at join); with 4 ADDs at once on 2 vCPUs the
-/// bridge's ADD p50 was 0.6-1.7 ms higher on two threads than one after the other.
+/// bridge's ipMasq ADD p50 was 0.8-1.7 ms higher on two threads than one after the other
+/// (four alternating runs).
 ///
 /// On two threads, a panic in either is resumed here after both have ended.
 pub fn run_beside<A, B>(side: impl FnOnce() -> A + Send, main: impl FnOnce() -> B) -> (A, B)
