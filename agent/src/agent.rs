@@ -167,7 +167,10 @@ impl Agent {
                     .store
                     .overwrite(l, attrs, self.opts.lease_ttl)
                     .map(Some),
-                Choice::Create(k) => self.store.create(k, attrs, self.opts.lease_ttl),
+                Choice::Create(k) => {
+                    self.store
+                        .create(k, attrs, self.opts.lease_ttl, Some(listing.revision))
+                }
             };
             match outcome {
                 Ok(Some(lease)) => {
@@ -197,7 +200,13 @@ impl Agent {
     fn reacquire(&self, own: &Lease) -> Result<Lease, AgentError> {
         self.status
             .set(false, format!("lease {} lost, re-acquiring", own.key));
-        match self.store.create(&own.key, &own.attrs, self.opts.lease_ttl) {
+        // The revision lets etcd refuse if another node took our IPv6 subnet with a
+        // key of its own meanwhile.
+        let seen = self.store.list().ok().map(|l| l.revision);
+        match self
+            .store
+            .create(&own.key, &own.attrs, self.opts.lease_ttl, seen)
+        {
             Ok(Some(l)) => {
                 log::info(&format!("re-acquired lease {} after losing it", l.key));
                 return Ok(l);
@@ -649,6 +658,7 @@ mod tests {
                     &crate::lease::SubnetKey::v4(s.parse().unwrap()),
                     &attrs(ip),
                     Duration::from_secs(60),
+                    None,
                 )
                 .unwrap()
                 .unwrap();
@@ -666,11 +676,12 @@ mod tests {
         assert!(matches!(e, AgentError::Alloc(_)), "{e}");
     }
 
-    /// A store that loses the first creation race: another node grabs the key
+    /// A store that loses the first creation race: another node grabs `steal(key)`
     /// between our list and our create.
     struct RacyStore {
         inner: FileStore,
         raced: std::sync::atomic::AtomicBool,
+        steal: fn(&crate::lease::SubnetKey) -> crate::lease::SubnetKey,
     }
 
     impl Store for RacyStore {
@@ -688,13 +699,15 @@ mod tests {
             key: &crate::lease::SubnetKey,
             attrs: &LeaseAttrs,
             ttl: Duration,
+            planned_at: Option<i64>,
         ) -> Result<Option<Lease>, StoreError> {
             if !self.raced.swap(true, Ordering::SeqCst) {
                 let mut other = attrs.clone();
                 other.public_ip = "198.51.100.99".parse().unwrap();
-                assert!(self.inner.create(key, &other, ttl)?.is_some());
+                let stolen = (self.steal)(key);
+                assert!(self.inner.create(&stolen, &other, ttl, None)?.is_some());
             }
-            self.inner.create(key, attrs, ttl)
+            self.inner.create(key, attrs, ttl, planned_at)
         }
         fn overwrite(
             &self,
@@ -734,6 +747,7 @@ mod tests {
         a.store = Box::new(RacyStore {
             inner: store.clone(),
             raced: AtomicBool::new(false),
+            steal: |k| *k,
         });
         let attrs = LeaseAttrs {
             public_ip: "192.0.2.1".parse().unwrap(),
@@ -751,6 +765,51 @@ mod tests {
         assert!(leases
             .iter()
             .any(|l| l.key.v4 == hint && l.attrs.public_ip.to_string() == "198.51.100.99"));
+    }
+
+    /// Dual stack: the racing node's key differs from ours (another IPv4 subnet) but
+    /// holds our IPv6 subnet. Key uniqueness does not stop that (seen in a three-node
+    /// run: two nodes with one IPv6 subnet); the overlap check must.
+    #[test]
+    fn a_lost_race_for_the_ipv6_half_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path().join("store")).unwrap();
+        store
+            .init_config(
+                r#"{"Network":"10.80.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:80::/56","Backend":{"Type":"vxlan"}}"#,
+            )
+            .unwrap();
+        let k = FakeKernel::new();
+        let mut a = agent(
+            &k,
+            "a",
+            &store,
+            dir.path(),
+            "192.0.2.1",
+            Arc::new(AtomicBool::new(false)),
+        );
+        a.store = Box::new(RacyStore {
+            inner: store.clone(),
+            raced: AtomicBool::new(false),
+            steal: |k| crate::lease::SubnetKey {
+                v4: "10.80.200.0/24".parse().unwrap(),
+                v6: k.v6,
+            },
+        });
+        let attrs = LeaseAttrs {
+            public_ip: "192.0.2.1".parse().unwrap(),
+            public_ipv6: Some("fd70::1".parse().unwrap()),
+            backend_type: "vxlan".into(),
+            backend_data: None,
+            backend_v6_data: None,
+        };
+        let hint: ipnet::Ipv4Net = "10.80.9.0/24".parse().unwrap();
+        let hint6: ipnet::Ipv6Net = "fd00:80:0:9::/64".parse().unwrap();
+        let got = a.acquire_dual(&attrs, Some(hint), Some(hint6)).unwrap();
+        assert_ne!(got.key.v6, Some(hint6), "{}", got.key);
+        let leases = store.list().unwrap().leases;
+        assert_eq!(leases.len(), 2, "{leases:?}");
+        assert!(!leases[0].key.overlaps(&leases[1].key), "{leases:?}");
     }
 
     /// More changes than the store keeps history for while the agent is not looking:

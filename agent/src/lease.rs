@@ -44,6 +44,19 @@ impl SubnetKey {
         };
         Some(SubnetKey { v4, v6 })
     }
+
+    /// Whether two leases would give pods the same addresses: their IPv4 subnets
+    /// overlap, or both have an IPv6 subnet and those overlap. Distinct keys can
+    /// overlap in dual stack (`A&X` and `B&X`), so key uniqueness alone does not
+    /// keep two nodes apart.
+    pub fn overlaps(&self, other: &SubnetKey) -> bool {
+        let v4 = self.v4.contains(&other.v4.network()) || other.v4.contains(&self.v4.network());
+        let v6 = match (self.v6, other.v6) {
+            (Some(a), Some(b)) => a.contains(&b.network()) || b.contains(&a.network()),
+            _ => false,
+        };
+        v4 || v6
+    }
 }
 
 fn parse_part<A: std::str::FromStr>(text: &str) -> Option<(A, u8)> {
@@ -227,6 +240,24 @@ mod tests {
         ] {
             assert_eq!(SubnetKey::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn keys_overlap_by_either_family() {
+        let k = |s: &str| SubnetKey::parse(s).unwrap();
+        let a = k("10.5.52.0-24&fd00:10:0:34::-64");
+        assert!(a.overlaps(&k("10.5.53.0-24&fd00:10:0:34::-64")), "same v6");
+        assert!(a.overlaps(&k("10.5.52.0-24&fd00:10:0:35::-64")), "same v4");
+        assert!(a.overlaps(&k("10.5.0.0-16")), "v4 inside a wider one");
+        assert!(
+            a.overlaps(&k("10.5.53.0-24&fd00:10::-56")),
+            "v6 inside a wider one"
+        );
+        assert!(!a.overlaps(&k("10.5.53.0-24&fd00:10:0:35::-64")));
+        assert!(
+            !a.overlaps(&k("10.5.53.0-24")),
+            "a v4-only lease has no v6 to clash"
+        );
     }
 
     #[test]

@@ -217,6 +217,37 @@ impl EtcdStore {
     }
 }
 
+/// The conditions of a lease's creating txn.
+/// - No key in `[<v4>, <v4>')`: that range holds exactly the v4-only key and every
+///   dual-stack key `<v4>&…` (`'` follows `&`; digits, which would continue the prefix
+///   length, sort after both), so a node never gets another's IPv4 subnet.
+/// - In dual stack, with the listing's revision known: no lease key modified after
+///   it. The IPv6 subnet is the key's suffix, which no range compare can reach; this
+///   makes the creation fail, and the caller re-list, whenever anything (another
+///   node's creation) could have taken it since. Not used for IPv4 alone, where it
+///   would only serialise nodes joining at once. Our renewals are lease keep-alives,
+///   which leave keys' revisions alone.
+fn create_compares(subnets_prefix: &str, key: &SubnetKey, planned_at: Option<i64>) -> Vec<Value> {
+    let v4 = format!("{subnets_prefix}{}", SubnetKey::v4(key.v4));
+    let mut compare = vec![json!({
+        "key": b64(&v4),
+        "range_end": b64(&format!("{v4}'")),
+        "target": "VERSION",
+        "result": "EQUAL",
+        "version": "0",
+    })];
+    if let (Some(_), Some(rev)) = (key.v6, planned_at) {
+        compare.push(json!({
+            "key": b64(subnets_prefix),
+            "range_end": base64::encode(&prefix_end(subnets_prefix)),
+            "target": "MOD",
+            "result": "LESS",
+            "mod_revision": (rev + 1).to_string(),
+        }));
+    }
+    compare
+}
+
 /// A lease from a gateway kv under `subnets_prefix`; None (logged) for anything else.
 fn kv_to_lease(subnets_prefix: &str, kv: &Value, expiration: Option<SystemTime>) -> Option<Lease> {
     let key = unb64(kv, "key")?;
@@ -276,12 +307,14 @@ impl Store for EtcdStore {
         key: &SubnetKey,
         attrs: &LeaseAttrs,
         ttl: Duration,
+        planned_at: Option<i64>,
     ) -> Result<Option<Lease>, StoreError> {
         let k = self.lease_key(key);
+        let compare = create_compares(&self.subnets_prefix(), key, planned_at);
         let id = self.grant(ttl, &k)?;
         let value = attrs.to_json();
         let txn = json!({
-            "compare": [{"key": b64(&k), "target": "VERSION", "result": "EQUAL", "version": "0"}],
+            "compare": compare,
             "success": [{"request_put": {"key": b64(&k), "value": b64(&value), "lease": id.to_string()}}],
         });
         let outcome = self.call("create", &k, "/v3/kv/txn", txn);

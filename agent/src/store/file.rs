@@ -348,10 +348,19 @@ impl Store for FileStore {
         key: &SubnetKey,
         attrs: &LeaseAttrs,
         ttl: Duration,
+        _planned_at: Option<i64>,
     ) -> Result<Option<Lease>, StoreError> {
         let name = key.to_string();
+        // Under the flock the whole check is atomic, so the listing's revision is
+        // not needed.
         self.modify(|st| {
-            if st.leases.contains_key(&name) {
+            let taken = st.leases.contains_key(&name)
+                || st
+                    .leases
+                    .keys()
+                    .filter_map(|k| SubnetKey::parse(k))
+                    .any(|other| other.overlaps(key));
+            if taken {
                 return None;
             }
             st.next_handle += 1;
@@ -542,11 +551,11 @@ mod tests {
         assert_eq!(start.revision, 0);
         let mut w = b.watch(start.revision).unwrap();
         let l1 = a
-            .create(&key("10.1.1.0/24"), &attrs("192.0.2.1"), HOUR)
+            .create(&key("10.1.1.0/24"), &attrs("192.0.2.1"), HOUR, None)
             .unwrap()
             .unwrap();
         assert_eq!(
-            b.create(&key("10.1.1.0/24"), &attrs("192.0.2.2"), HOUR)
+            b.create(&key("10.1.1.0/24"), &attrs("192.0.2.2"), HOUR, None)
                 .unwrap(),
             None,
             "lost race"
@@ -590,6 +599,7 @@ mod tests {
                 &key("10.1.2.0/24"),
                 &attrs("192.0.2.1"),
                 Duration::from_millis(100),
+                None,
             )
             .unwrap()
             .unwrap();
@@ -609,7 +619,7 @@ mod tests {
             Err(StoreError::LeaseLost { .. })
         ));
         // Someone else's lease on the same key is not ours to renew.
-        s.create(&l.key, &attrs("192.0.2.9"), HOUR)
+        s.create(&l.key, &attrs("192.0.2.9"), HOUR, None)
             .unwrap()
             .unwrap();
         assert!(matches!(
@@ -648,7 +658,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = FileStore::open(dir.path()).unwrap();
         let k = key("10.1.4.0/24");
-        let l = s.create(&k, &attrs("192.0.2.1"), HOUR).unwrap().unwrap();
+        let l = s
+            .create(&k, &attrs("192.0.2.1"), HOUR, None)
+            .unwrap()
+            .unwrap();
         // One transaction (an fsync per overwrite would make this test slow).
         let again: Vec<_> = (0..HISTORY).map(|_| (l.key, attrs("192.0.2.1"))).collect();
         s.put_many(&again, Some(HOUR)).unwrap();

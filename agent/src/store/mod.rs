@@ -82,13 +82,20 @@ pub trait Store: Send + Sync {
     fn network_config(&self) -> Result<String, StoreError>;
     /// All leases (unparseable keys and values are skipped and logged).
     fn list(&self) -> Result<Listing, StoreError>;
-    /// Creates `key` with `attrs` and a TTL, only if the key does not exist.
-    /// Ok(None): someone else holds it (a lost race; the caller retries).
+    /// Creates `key` with `attrs` and a TTL, only if no lease overlaps it in either
+    /// family ([`SubnetKey::overlaps`]): in dual stack two racing nodes can pick
+    /// different IPv4 but the same IPv6 subnet, keys that differ.
+    /// `planned_at` is the revision of the listing `key` was chosen from. A store
+    /// that cannot check every overlap atomically (etcd: the IPv6 subnet is a key
+    /// suffix, out of reach of a range compare) refuses instead when any lease
+    /// changed after it.
+    /// Ok(None): someone else holds it (a lost race; the caller re-lists and retries).
     fn create(
         &self,
         key: &SubnetKey,
         attrs: &LeaseAttrs,
         ttl: Duration,
+        planned_at: Option<i64>,
     ) -> Result<Option<Lease>, StoreError>;
     /// Unconditionally rewrites an existing lease of ours with a fresh TTL; a lease
     /// without TTL (a reservation) stays without one.
