@@ -467,6 +467,24 @@ pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// The saved configs in flannel's `dataDir` (sorted). Anything else there must be a shared
+/// copy (`.shared.*`) that one of them links to; a temp file or an unused copy fails.
+pub fn saved_configs(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let all = list_files(dir);
+    let (hidden, saved): (Vec<String>, Vec<String>) =
+        all.into_iter().partition(|f| f.starts_with('.'));
+    let inode = |f: &str| std::fs::symlink_metadata(dir.join(f)).map(|m| m.ino()).ok();
+    let linked: Vec<Option<u64>> = saved.iter().map(|f| inode(f)).collect();
+    for f in &hidden {
+        assert!(
+            f.starts_with(".shared.") && linked.contains(&inode(f)),
+            "{f} in {dir:?} is neither a saved config nor a copy one of {saved:?} links to"
+        );
+    }
+    saved
+}
+
 pub fn list_files(dir: &Path) -> Vec<String> {
     fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
         let Ok(rd) = std::fs::read_dir(dir) else {

@@ -3,7 +3,7 @@
 //! exec'ing the plugins with exactly what a 1.1 runtime sends. Every conflist in
 //! conf-examples/ is exercised here, with its paths pointed into the test's temp dir.
 
-use e2e::{eventually, json, list_files, Env, Impl, NetNs, World};
+use e2e::{eventually, json, list_files, saved_configs, Env, Impl, NetNs, World};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -265,7 +265,7 @@ fn cni_1_1_conflist_as_a_1_1_runtime_drives_it() {
         ["keep\r\neth0"],
         "GC must keep exactly the valid attachment"
     );
-    assert_eq!(list_files(&w.path("flannel")), ["keep"]);
+    assert_eq!(saved_configs(&w.path("flannel")), ["keep"]);
     // STATUS turns 50 when subnet.env goes away; DEL still works without it.
     std::fs::remove_file(w.path("run/flannel/subnet.env")).unwrap();
     w.exec("flannel", &status_env, &plain).err(50);

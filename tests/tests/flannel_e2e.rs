@@ -7,7 +7,7 @@
 //! that need 1.1.0 put a shim named `bridge` in CNI_PATH: it records STATUS/GC requests
 //! and hands everything else to the Go bridge with the config's version lowered to 1.0.0.
 
-use e2e::{json, list_files, Env, Impl, NetNs, World};
+use e2e::{json, list_files, saved_configs, Env, Impl, NetNs, World};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
@@ -123,7 +123,7 @@ fn kube_flannel_add_then_del() {
     assert_eq!(mode(saved_path(&w, "pod1")), 0o600);
     assert_eq!(mode(w.path("flannel")), 0o700);
     assert_eq!(
-        list_files(&w.path("flannel")),
+        saved_configs(&w.path("flannel")),
         vec!["pod1"],
         "no temp file left"
     );
@@ -281,7 +281,7 @@ fn failed_delegate_add_leaves_no_saved_file() {
         "{v}"
     );
     assert!(!saved_path(&w, "pod2").exists(), "P13");
-    assert_eq!(list_files(&w.path("flannel")), vec!["pod1"]);
+    assert_eq!(saved_configs(&w.path("flannel")), vec!["pod1"]);
     assert_eq!(reservations(&w), vec!["10.244.1.2"]);
     del(&w, "0.4.0", "pod1", &pod1);
 }

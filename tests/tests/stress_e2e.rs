@@ -5,6 +5,7 @@
 use e2e::{json, list_files, Env, Impl, NetNs, World};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -63,6 +64,8 @@ fn gc(w: &World, live: &BTreeSet<String>) {
 struct NodeState {
     reservations: BTreeMap<String, Vec<String>>,
     saved: BTreeSet<String>,
+    /// flannel's shared copies (`.shared.*`) that no saved config links to any more.
+    unused_shared: Vec<String>,
     masq: BTreeSet<String>,
     veths: usize,
 }
@@ -81,6 +84,11 @@ fn node_state(w: &World) -> NodeState {
     for f in list_files(&w.path("flannel")) {
         if !f.starts_with('.') {
             s.saved.insert(f);
+        } else if f.starts_with(".shared.") {
+            let links = std::fs::metadata(w.path("flannel").join(&f)).map_or(0, |m| m.nlink());
+            if links < 2 {
+                s.unused_shared.push(f);
+            }
         }
     }
     let (_, rules, _) = w.node.run("nft", &["list", "ruleset"]);
@@ -112,6 +120,11 @@ fn assert_matches_live(w: &World, live: &BTreeSet<String>, when: &str) {
         assert_eq!(ips.len(), 1, "{when}: {cid} holds {ips:?}");
     }
     assert_eq!(&s.saved, live, "{when}: saved flannel configs");
+    assert!(
+        s.unused_shared.is_empty(),
+        "{when}: shared copies no saved config links to: {:?}",
+        s.unused_shared
+    );
     assert_eq!(&s.masq, live, "{when}: masquerade rules");
     assert_eq!(s.veths, live.len(), "{when}: veths on the node");
 }

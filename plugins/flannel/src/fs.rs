@@ -9,11 +9,22 @@
 //! descriptor of `dataDir` opened with O_NOFOLLOW, and the per-container file is opened
 //! with O_NOFOLLOW too: the plugin runs as root and must not write through, read through
 //! or delete through a symlink planted in the directory.
+//!
+//! Pods of one network on one node almost always get identical bytes, so a saved config is
+//! a hard link to a shared copy, `.shared.<hash of the bytes>`, made by the first ADD that
+//! needs it and removed with the last name linked to it (or by GC when a kill left it
+//! unlinked). An ADD then links a name instead of allocating an inode and a data block:
+//! on ext4 without a journal, inode allocation scans past every inode freed in the last
+//! seconds (`recently_deleted`), which under pod churn measured 0.4-0.7 ms per ADD. The
+//! copy's content is compared before it is linked and the link checked after, so a name
+//! only ever holds the exact bytes of its ADD. Nothing writes through a saved file (every
+//! change is a new name renamed into place), so sharing the inode is safe for us and for a
+//! Go DEL, which reads and removes the name.
 
 use nix::errno::Errno;
-use nix::fcntl::{openat, renameat, OFlag, AT_FDCWD};
+use nix::fcntl::{openat, renameat, AtFlags, OFlag, AT_FDCWD};
 use nix::sys::stat::{fchmod, fstat, fstatat, Mode, SFlag};
-use nix::unistd::{fsync, unlinkat, UnlinkatFlags};
+use nix::unistd::{fsync, linkat, unlinkat, UnlinkatFlags};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
@@ -47,8 +58,14 @@ pub trait Fs: Sync {
     fn remove(&self, dir: &Path, id: &str) -> io::Result<()>;
 
     /// Names of the regular files in `dir` that can be container IDs, sorted. Temp files
-    /// (leading '.') and anything else are never listed, so never touched by GC.
+    /// and shared copies (leading '.') and anything else are never listed, so never touched
+    /// by GC as saved configs.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+
+    /// Removes the shared copies in `dir` that no saved config links to any more (what a
+    /// process killed between making one and linking it leaves, or a Go DEL, which removes
+    /// only the container's name); returns how many.
+    fn sweep_shared(&self, dir: &Path) -> io::Result<usize>;
 }
 
 /// The real filesystem.
@@ -130,29 +147,11 @@ impl Fs for HostFs {
         let Some(dirfd) = open_dir(dir, true)? else {
             return Err(io::ErrorKind::NotFound.into());
         };
-        // A leading '.' can never start a container ID, so a temp file is never mistaken
-        // for a saved config (by us or by the Go plugin).
-        // The suffix only keeps concurrent writers apart: RandomState's getrandom(2) keys,
-        // not the rand crate, whose CPUID feature detection costs ~150 us under a hypervisor.
-        let suffix = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), ());
-        let tmp = format!(".{id}.{suffix:016x}.tmp");
-        let flags =
-            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let fd =
-            openat(&dirfd, tmp.as_str(), flags, Mode::from_bits_truncate(0o600)).map_err(errno)?;
-        let written = (|| -> io::Result<()> {
-            // The umask can only narrow 0600, but be exact: the Go plugin writes 0600.
-            fchmod(&fd, Mode::from_bits_truncate(0o600)).map_err(errno)?;
-            let mut f = File::from(fd);
-            f.write_all(data)?;
-            drop(f);
-            renameat(&dirfd, tmp.as_str(), &dirfd, id).map_err(errno)
-        })();
-        if let Err(e) = written {
-            let _ = unlinkat(&dirfd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-            return Err(e);
-        }
-        Ok(())
+        // A repeated ADD replaces the name: the copy its old content shared may go unused.
+        let replaced = linked_shared_copy(&dirfd, id);
+        let saved = save_in(&dirfd, id, data);
+        release_shared(&dirfd, replaced);
+        saved
     }
 
     fn sync(&self, dir: &Path, id: &str) -> io::Result<()> {
@@ -202,10 +201,12 @@ impl Fs for HostFs {
         let Some(dirfd) = open_dir(dir, false)? else {
             return Ok(());
         };
+        let shared = linked_shared_copy(&dirfd, id);
         match unlinkat(&dirfd, id, UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(Errno::ENOENT) => {}
             Err(e) => return Err(errno(e)),
         }
+        release_shared(&dirfd, shared);
         remove_stale_temps(&dirfd, id);
         // No fsync of the directory: a removal lost in a power cut only brings the file
         // back, and then a repeated DEL replays it (DEL is idempotent) or GC removes it (the
@@ -243,6 +244,168 @@ impl Fs for HostFs {
         names.sort();
         Ok(names)
     }
+
+    fn sweep_shared(&self, dir: &Path) -> io::Result<usize> {
+        let Some(dirfd) = open_dir(dir, false)? else {
+            return Ok(0);
+        };
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let dupfd = openat(&dirfd, ".", flags, Mode::empty()).map_err(errno)?;
+        let mut d = nix::dir::Dir::from_fd(dupfd).map_err(errno)?;
+        let unused: Vec<String> = d
+            .iter()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().ok().map(str::to_owned))
+            .filter(|n| n.starts_with(SHARED_PREFIX))
+            .filter(|n| {
+                fstatat(&dirfd, n.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| is_regular(st.st_mode) && st.st_nlink == 1)
+            })
+            .collect();
+        let mut removed = 0;
+        for name in unused {
+            // An ADD that links it between our stat and this unlink keeps its own name to
+            // the inode; the copy is simply made again by the next ADD.
+            match unlinkat(&dirfd, name.as_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) => removed += 1,
+                Err(Errno::ENOENT) => {}
+                Err(e) => return Err(errno(e)),
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// [`Fs::save`] in an open `dataDir`: a link to the shared copy when it holds `data`,
+/// otherwise a file of our own, which becomes the shared copy if there is none.
+fn save_in(dirfd: &OwnedFd, id: &str, data: &[u8]) -> io::Result<()> {
+    let shared = shared_name(data);
+    if let Some(identity) = same_content(dirfd, &shared, data) {
+        // Any failure (the copy removed by the last DEL in between, say) falls through to a
+        // file of our own, which then replaces whatever the attempt left at `id`.
+        if link_shared(dirfd, &shared, id, identity).is_ok() {
+            return Ok(());
+        }
+    }
+    let tmp = temp_name(id);
+    let flags =
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = openat(dirfd, tmp.as_str(), flags, Mode::from_bits_truncate(0o600)).map_err(errno)?;
+    let written = (|| -> io::Result<()> {
+        // The umask can only narrow 0600, but be exact: the Go plugin writes 0600.
+        fchmod(&fd, Mode::from_bits_truncate(0o600)).map_err(errno)?;
+        let mut f = File::from(fd);
+        f.write_all(data)?;
+        drop(f);
+        // Ours becomes the shared copy unless the name is taken (a copy made meanwhile,
+        // or something that failed the comparison): then this file stays private.
+        let shares = linkat(
+            dirfd,
+            tmp.as_str(),
+            dirfd,
+            shared.as_str(),
+            AtFlags::empty(),
+        )
+        .is_ok();
+        renameat(dirfd, tmp.as_str(), dirfd, id).map_err(|e| {
+            if shares {
+                let _ = unlinkat(dirfd, shared.as_str(), UnlinkatFlags::NoRemoveDir);
+            }
+            errno(e)
+        })
+    })();
+    if let Err(e) = written {
+        let _ = unlinkat(dirfd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        return Err(e);
+    }
+    Ok(())
+}
+
+const SHARED_PREFIX: &str = ".shared.";
+
+/// The shared copy's name for `data`: FNV-1a of the bytes, which every build and version
+/// computes alike (all plugin processes on a node must agree on it). A collision costs
+/// only the sharing: the content is compared before any link.
+fn shared_name(data: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{SHARED_PREFIX}{h:016x}")
+}
+
+/// A fresh temp name for `id`. A leading '.' can never start a container ID, so a temp file
+/// is never mistaken for a saved config (by us or by the Go plugin). The suffix only keeps
+/// concurrent writers apart: RandomState's getrandom(2) keys, not the rand crate, whose
+/// CPUID feature detection costs ~150 us under a hypervisor.
+fn temp_name(id: &str) -> String {
+    let suffix = std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), ());
+    format!(".{id}.{suffix:016x}.tmp")
+}
+
+/// (device, inode) of `dir/name` if it is a regular file holding exactly `data`.
+fn same_content(dirfd: &OwnedFd, name: &str, data: &[u8]) -> Option<(u64, u64)> {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+    let fd = openat(dirfd, name, flags, Mode::empty()).ok()?;
+    let st = fstat(&fd).ok()?;
+    if !is_regular(st.st_mode) || usize::try_from(st.st_size).ok()? != data.len() {
+        return None;
+    }
+    let content = read_capped(File::from(fd), data.len() + 1).ok()?;
+    (content == data).then_some((st.st_dev, st.st_ino))
+}
+
+/// Links `id` to the shared copy whose content was compared (`identity`): a new name
+/// directly, an existing one replaced atomically through a temp name. The link is checked
+/// afterwards, since the copy's name may have been removed and made again in between.
+fn link_shared(dirfd: &OwnedFd, shared: &str, id: &str, identity: (u64, u64)) -> io::Result<()> {
+    match linkat(dirfd, shared, dirfd, id, AtFlags::empty()) {
+        Ok(()) => {}
+        Err(Errno::EEXIST) => {
+            let tmp = temp_name(id);
+            linkat(dirfd, shared, dirfd, tmp.as_str(), AtFlags::empty()).map_err(errno)?;
+            if let Err(e) = renameat(dirfd, tmp.as_str(), dirfd, id) {
+                let _ = unlinkat(dirfd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+                return Err(errno(e));
+            }
+        }
+        Err(e) => return Err(errno(e)),
+    }
+    let st = fstatat(dirfd, id, AtFlags::AT_SYMLINK_NOFOLLOW).map_err(errno)?;
+    if (st.st_dev, st.st_ino) == identity {
+        Ok(())
+    } else {
+        Err(io::Error::other(
+            "the shared copy changed while it was linked",
+        ))
+    }
+}
+
+/// Removes the shared copy a name used to link to once nothing else does. Called after
+/// that name went, so that of two concurrent DELs at least the last sees the copy unused.
+/// An ADD linking it at this very moment keeps its own name to the inode either way, or
+/// finds the copy gone and makes a new one.
+fn release_shared(dirfd: &OwnedFd, shared: Option<(String, (u64, u64))>) {
+    if let Some((name, identity)) = shared {
+        if fstatat(dirfd, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| (st.st_dev, st.st_ino) == identity && st.st_nlink == 1)
+        {
+            let _ = unlinkat(dirfd, name.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
+    }
+}
+
+/// The shared copy `dir/id` is linked to, with its (device, inode), read through the
+/// content; `None` for a file with a single link (private, or written by the Go plugin).
+fn linked_shared_copy(dirfd: &OwnedFd, id: &str) -> Option<(String, (u64, u64))> {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
+    let fd = openat(dirfd, id, flags, Mode::empty()).ok()?;
+    let st = fstat(&fd).ok()?;
+    if !is_regular(st.st_mode) || st.st_nlink < 2 {
+        return None;
+    }
+    let content = read_capped(File::from(fd), MAX_SAVED_BYTES + 1).ok()?;
+    (content.len() <= MAX_SAVED_BYTES).then(|| (shared_name(&content), (st.st_dev, st.st_ino)))
 }
 
 #[cfg(test)]
@@ -262,11 +425,11 @@ mod tests {
         assert_eq!(meta.mode() & 0o777, 0o600);
         assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
         assert_eq!(std::fs::read(dir.join("c1")).unwrap(), b"second");
-        let names: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert_eq!(names, vec!["c1"], "no temp files left behind");
+        assert_eq!(
+            names(&dir),
+            vec![shared_name(b"second"), "c1".to_owned()],
+            "no temp files left behind, and only the copy c1 shares"
+        );
         assert_eq!(HostFs.load(&dir, "c1").unwrap().unwrap(), b"second");
     }
 
@@ -326,6 +489,114 @@ mod tests {
         std::fs::create_dir(dir.join("subdir")).unwrap();
         std::os::unix::fs::symlink("/etc/hostname", dir.join("l1")).unwrap();
         assert_eq!(HostFs.list(dir).unwrap(), vec!["a1", "b2", "lock"]);
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn identical_configs_share_one_inode_until_the_last_goes() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("flannel");
+        let shared = shared_name(b"conf");
+        HostFs.save(&dir, "c1", b"conf").unwrap();
+        HostFs.save(&dir, "c2", b"conf").unwrap();
+        HostFs.save(&dir, "c3", b"other").unwrap();
+        for id in ["c1", "c2"] {
+            HostFs.sync(&dir, id).unwrap();
+        }
+        let ino = |n: &str| std::fs::metadata(dir.join(n)).unwrap().ino();
+        assert_eq!(ino("c1"), ino(&shared));
+        assert_eq!(ino("c2"), ino(&shared));
+        assert_ne!(ino("c3"), ino("c1"));
+        assert_eq!(std::fs::metadata(dir.join("c1")).unwrap().nlink(), 3);
+        assert_eq!(HostFs.list(&dir).unwrap(), vec!["c1", "c2", "c3"]);
+        assert_eq!(HostFs.load(&dir, "c2").unwrap().unwrap(), b"conf");
+
+        // Replacing a name never writes through the shared inode.
+        HostFs.save(&dir, "c2", b"changed").unwrap();
+        assert_eq!(std::fs::read(dir.join("c1")).unwrap(), b"conf");
+        assert_eq!(std::fs::read(dir.join("c2")).unwrap(), b"changed");
+        HostFs.save(&dir, "c2", b"conf").unwrap();
+        assert_eq!(ino("c2"), ino(&shared), "an existing name relinked");
+
+        HostFs.remove(&dir, "c1").unwrap();
+        assert!(dir.join(&shared).exists(), "c2 still links it");
+        HostFs.remove(&dir, "c2").unwrap();
+        HostFs.remove(&dir, "c3").unwrap();
+        assert!(names(&dir).is_empty(), "{:?}", names(&dir));
+    }
+
+    #[test]
+    fn a_shared_copy_that_is_not_the_content_is_never_linked() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path();
+        let shared = shared_name(b"conf");
+        // Different bytes under the name (a collision, or tampering), then a symlink, then
+        // a directory: each time the saved file is a private copy with the exact bytes.
+        std::fs::write(dir.join(&shared), b"evil").unwrap();
+        HostFs.save(dir, "c1", b"conf").unwrap();
+        assert_eq!(std::fs::read(dir.join("c1")).unwrap(), b"conf");
+        assert_eq!(std::fs::metadata(dir.join("c1")).unwrap().nlink(), 1);
+        HostFs.remove(dir, "c1").unwrap();
+        assert_eq!(
+            std::fs::read(dir.join(&shared)).unwrap(),
+            b"evil",
+            "left alone"
+        );
+
+        std::fs::remove_file(dir.join(&shared)).unwrap();
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, b"conf").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(&shared)).unwrap();
+        HostFs.save(dir, "c2", b"conf").unwrap();
+        assert!(!std::fs::symlink_metadata(dir.join("c2"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_ne!(
+            std::fs::metadata(dir.join("c2")).unwrap().ino(),
+            std::fs::metadata(&victim).unwrap().ino()
+        );
+
+        std::fs::remove_file(dir.join(&shared)).unwrap();
+        std::fs::create_dir(dir.join(&shared)).unwrap();
+        HostFs.save(dir, "c3", b"conf").unwrap();
+        assert_eq!(std::fs::read(dir.join("c3")).unwrap(), b"conf");
+    }
+
+    #[test]
+    fn sweep_removes_only_unlinked_shared_copies() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path();
+        HostFs.save(dir, "live", b"a").unwrap();
+        HostFs.save(dir, "gone", b"b").unwrap();
+        // What a Go DEL does: the container's name only.
+        std::fs::remove_file(dir.join("gone")).unwrap();
+        std::fs::write(dir.join(".a1.0123.tmp"), b"x").unwrap();
+        assert_eq!(HostFs.sweep_shared(dir).unwrap(), 1);
+        assert_eq!(
+            names(dir),
+            vec![
+                ".a1.0123.tmp".to_owned(),
+                shared_name(b"a"),
+                "live".to_owned()
+            ]
+        );
+        assert_eq!(HostFs.sweep_shared(&dir.join("absent")).unwrap(), 0);
+    }
+
+    #[test]
+    fn shared_names_are_stable() {
+        // Every plugin build on a node must name a copy alike: pinned, not recomputed.
+        assert_eq!(shared_name(b""), ".shared.cbf29ce484222325");
+        assert_eq!(shared_name(b"a"), ".shared.af63dc4c8601ec8c");
     }
 
     #[test]

@@ -299,6 +299,16 @@ impl Plugin for Flannel<'_> {
                 .into(),
             ),
         }
+        if let Err(source) = self.fs.sweep_shared(&loc.data_dir) {
+            errors.push(
+                FlannelError::Store {
+                    op: "remove unused shared copies in",
+                    path: loc.data_dir.clone(),
+                    source,
+                }
+                .into(),
+            );
+        }
 
         match rebuilt {
             Ok(delegate) => {

@@ -27,6 +27,8 @@ pub(crate) struct MemFs {
     writes: Mutex<Vec<(&'static str, String)>>,
     fail_remove: Mutex<bool>,
     reads: Mutex<Vec<PathBuf>>,
+    /// Directories GC swept for unused shared copies.
+    sweeps: Mutex<Vec<PathBuf>>,
 }
 
 impl MemFs {
@@ -107,6 +109,10 @@ impl Fs for MemFs {
             .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
             .filter(|n| cni::env::is_valid_id(n))
             .collect())
+    }
+    fn sweep_shared(&self, dir: &Path) -> io::Result<usize> {
+        self.sweeps.lock().unwrap().push(dir.to_owned());
+        Ok(0)
     }
 }
 
@@ -713,6 +719,7 @@ fn gc_releases_and_removes_stale_saved_configs_then_forwards() {
         fs.get(&format!("{DATA_DIR}/.stale.0123.tmp")).is_some(),
         "temp files untouched"
     );
+    assert_eq!(*fs.sweeps.lock().unwrap(), [PathBuf::from(DATA_DIR)]);
 }
 
 #[test]
