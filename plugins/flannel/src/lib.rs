@@ -96,6 +96,9 @@ impl Plugin for Flannel<'_> {
         // the bytes for the runtime's DEL; its fsync (a journal commit, ~0.5-1 ms) runs
         // beside the delegate, and success waits for both.
         let (synced, added) = std::thread::scope(|s| {
+            // From before the thread starts until it is joined: also while it exits, when
+            // it still counts as runnable.
+            let waiter = kernel::sched::IoWaiter::enter();
             let sync = s.spawn(|| self.fs.sync(dir, cid));
             let added = cni::delegate::delegate_add(
                 req.delegator,
@@ -107,6 +110,7 @@ impl Plugin for Flannel<'_> {
             let synced = sync
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            drop(waiter);
             (synced, added)
         });
         let err = match (added, synced) {
