@@ -13,7 +13,7 @@
 use nix::sched::{sched_getaffinity, sched_getcpu, sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
 use std::os::unix::thread::JoinHandleExt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 
@@ -40,8 +40,6 @@ extern "C" {
 /// bridge's ipMasq ADD p50 was 0.8-1.7 ms higher on two threads than one after the other
 /// (four alternating runs).
 ///
-/// Threads of this process marked [`IoWaiter`] are not counted as busy CPUs.
-///
 /// On two threads, a panic in either is resumed here after both have ended.
 pub fn run_beside<A, B>(side: impl FnOnce() -> A + Send, main: impl FnOnce() -> B) -> (A, B)
 where
@@ -54,39 +52,11 @@ where
             .count()
     });
     match mask {
-        Some(mask)
-            if running_tasks()
-                .is_some_and(|n| n.saturating_sub(IO_WAITERS.load(Ordering::Relaxed)) < cpus) =>
-        {
-            on_two_threads(mask, side, main)
-        }
+        Some(mask) if running_tasks().is_some_and(|n| n < cpus) => on_two_threads(mask, side, main),
         _ => {
             let b = main();
             (side(), b)
         }
-    }
-}
-
-static IO_WAITERS: AtomicUsize = AtomicUsize::new(0);
-
-/// Declares, until dropped, one thread of this process that spends its life waiting for
-/// I/O (flannel's fsync beside its delegate); hold it from before the spawn until after
-/// the join. Such a thread is runnable for instants when [`run_beside`] looks (its start,
-/// the syscalls around the wait, its exit, which outlasts its closure), and counting it
-/// made the delegated bridge run its two parts one after the other: 219 of 224 chain ADDs
-/// in a traced run, about 0.3 ms of ADD p50 at one at a time.
-pub struct IoWaiter(());
-
-impl IoWaiter {
-    pub fn enter() -> Self {
-        IO_WAITERS.fetch_add(1, Ordering::Relaxed);
-        IoWaiter(())
-    }
-}
-
-impl Drop for IoWaiter {
-    fn drop(&mut self) {
-        IO_WAITERS.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -271,17 +241,6 @@ mod tests {
         }));
         assert!(r.is_err());
         assert_eq!(ended.load(Ordering::SeqCst), 2, "main ran to its end");
-    }
-
-    #[test]
-    fn io_waiters_are_counted_while_they_live() {
-        let before = IO_WAITERS.load(Ordering::Relaxed);
-        {
-            let _a = IoWaiter::enter();
-            let _b = IoWaiter::enter();
-            assert_eq!(IO_WAITERS.load(Ordering::Relaxed), before + 2);
-        }
-        assert_eq!(IO_WAITERS.load(Ordering::Relaxed), before);
     }
 
     #[test]

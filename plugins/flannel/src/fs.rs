@@ -11,15 +11,16 @@
 //! or delete through a symlink planted in the directory.
 //!
 //! Pods of one network on one node almost always get identical bytes, so a saved config is
-//! a hard link to a shared copy, `.shared.<hash of the bytes>`, made by the first ADD that
-//! needs it and removed with the last name linked to it (or by GC when a kill left it
-//! unlinked). An ADD then links a name instead of allocating an inode and a data block:
-//! on ext4 without a journal, inode allocation scans past every inode freed in the last
-//! seconds (`recently_deleted`), which under pod churn measured 0.4-0.7 ms per ADD. The
-//! copy's content is compared before it is linked and the link checked after, so a name
-//! only ever holds the exact bytes of its ADD. Nothing writes through a saved file (every
-//! change is a new name renamed into place), so sharing the inode is safe for us and for a
-//! Go DEL, which reads and removes the name.
+//! a hard link to a shared copy, `.shared.<hash of the bytes>`: the first ADD's own file,
+//! offered for sharing once it is durable, and removed with the last name linked to it (or
+//! by GC when a kill left it unlinked). An ADD then links a name instead of allocating an
+//! inode and a data block (on ext4 without a journal, inode allocation scans past every
+//! inode freed in the last minute, `recently_deleted`, which under pod churn measured
+//! 0.4-0.7 ms per ADD), and only the directory needs writing for the name to survive a
+//! power cut. The copy's content is compared before it is linked and the link checked
+//! after, so a name only ever holds the exact bytes of its ADD. Nothing writes through a
+//! saved file (every change is a new name renamed into place), so sharing the inode is
+//! safe for us and for a Go DEL, which reads and removes the name.
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, renameat, AtFlags, OFlag, AT_FDCWD};
@@ -44,10 +45,11 @@ pub trait Fs: Sync {
     /// The new content is visible at once but not yet durable: see [`Fs::sync`].
     fn save(&self, dir: &Path, id: &str, data: &[u8]) -> io::Result<()>;
 
-    /// Makes what [`Fs::save`] wrote to `dir/<id>` survive a power cut (fsync of the file,
-    /// then of `dir`). Split from `save` so the journal commit can overlap the delegate's
-    /// ADD instead of adding to it.
-    fn sync(&self, dir: &Path, id: &str) -> io::Result<()>;
+    /// Makes what [`Fs::save`] wrote to `dir/<id>` (`data`) survive a power cut. A name
+    /// linked to the shared copy needs only `dir` written: the copy was durable before it
+    /// was offered. A file of its own is written, then `dir`, and it then becomes the
+    /// shared copy if there is none.
+    fn sync(&self, dir: &Path, id: &str, data: &[u8]) -> io::Result<()>;
 
     /// The saved bytes of `dir/<id>`; `None` when there is no such file (or no `dir`).
     /// A symlink, a non-regular file or an oversized file is an `InvalidData` error: it is
@@ -154,15 +156,31 @@ impl Fs for HostFs {
         saved
     }
 
-    fn sync(&self, dir: &Path, id: &str) -> io::Result<()> {
+    fn sync(&self, dir: &Path, id: &str, data: &[u8]) -> io::Result<()> {
         let Some(dirfd) = open_dir(dir, false)? else {
             return Err(io::ErrorKind::NotFound.into());
         };
         let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
         let fd = openat(&dirfd, id, flags, Mode::empty()).map_err(errno)?;
-        // File before directory: once the name is durable its content must be too.
-        fsync(&fd).map_err(errno)?;
-        fsync(&dirfd).map_err(errno)
+        let st = fstat(&fd).map_err(errno)?;
+        let shared = shared_name(data);
+        let linked = st.st_nlink > 1
+            && fstatat(&dirfd, shared.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+                .is_ok_and(|c| (c.st_dev, c.st_ino) == (st.st_dev, st.st_ino));
+        // File before directory: once the name is durable its content must be too. The
+        // link count the new name raised is in the same journal commit as the name (ext4,
+        // xfs); without a journal, the fsck such a file system needs after a crash
+        // recounts it.
+        if !linked {
+            fsync(&fd).map_err(errno)?;
+        }
+        fsync(&dirfd).map_err(errno)?;
+        if !linked {
+            // Durable now, so others may link it. Taken (a copy offered meanwhile, or
+            // something that is not one): this file stays private.
+            let _ = linkat(&dirfd, id, &dirfd, shared.as_str(), AtFlags::empty());
+        }
+        Ok(())
     }
 
     fn load(&self, dir: &Path, id: &str) -> io::Result<Option<Vec<u8>>> {
@@ -277,7 +295,7 @@ impl Fs for HostFs {
 }
 
 /// [`Fs::save`] in an open `dataDir`: a link to the shared copy when it holds `data`,
-/// otherwise a file of our own, which becomes the shared copy if there is none.
+/// otherwise a file of our own, which [`Fs::sync`] offers as the shared copy.
 fn save_in(dirfd: &OwnedFd, id: &str, data: &[u8]) -> io::Result<()> {
     let shared = shared_name(data);
     if let Some(identity) = same_content(dirfd, &shared, data) {
@@ -297,22 +315,7 @@ fn save_in(dirfd: &OwnedFd, id: &str, data: &[u8]) -> io::Result<()> {
         let mut f = File::from(fd);
         f.write_all(data)?;
         drop(f);
-        // Ours becomes the shared copy unless the name is taken (a copy made meanwhile,
-        // or something that failed the comparison): then this file stays private.
-        let shares = linkat(
-            dirfd,
-            tmp.as_str(),
-            dirfd,
-            shared.as_str(),
-            AtFlags::empty(),
-        )
-        .is_ok();
-        renameat(dirfd, tmp.as_str(), dirfd, id).map_err(|e| {
-            if shares {
-                let _ = unlinkat(dirfd, shared.as_str(), UnlinkatFlags::NoRemoveDir);
-            }
-            errno(e)
-        })
+        renameat(dirfd, tmp.as_str(), dirfd, id).map_err(errno)
     })();
     if let Err(e) = written {
         let _ = unlinkat(dirfd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
@@ -418,9 +421,10 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("a/b/flannel");
         HostFs.save(&dir, "c1", b"{\"type\":\"bridge\"}").unwrap();
+        HostFs.sync(&dir, "c1", b"{\"type\":\"bridge\"}").unwrap();
         HostFs.save(&dir, "c1", b"second").unwrap();
-        HostFs.sync(&dir, "c1").unwrap();
-        assert!(HostFs.sync(&dir, "absent").is_err());
+        HostFs.sync(&dir, "c1", b"second").unwrap();
+        assert!(HostFs.sync(&dir, "absent", b"x").is_err());
         let meta = std::fs::metadata(dir.join("c1")).unwrap();
         assert_eq!(meta.mode() & 0o777, 0o600);
         assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
@@ -505,13 +509,15 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("flannel");
         let shared = shared_name(b"conf");
-        HostFs.save(&dir, "c1", b"conf").unwrap();
-        HostFs.save(&dir, "c2", b"conf").unwrap();
-        HostFs.save(&dir, "c3", b"other").unwrap();
-        for id in ["c1", "c2"] {
-            HostFs.sync(&dir, id).unwrap();
-        }
         let ino = |n: &str| std::fs::metadata(dir.join(n)).unwrap().ino();
+        // The first file is offered for sharing only once it is durable.
+        HostFs.save(&dir, "c1", b"conf").unwrap();
+        assert!(!dir.join(&shared).exists(), "offered before its sync");
+        HostFs.sync(&dir, "c1", b"conf").unwrap();
+        assert_eq!(ino("c1"), ino(&shared));
+        HostFs.save(&dir, "c2", b"conf").unwrap();
+        HostFs.sync(&dir, "c2", b"conf").unwrap();
+        HostFs.save(&dir, "c3", b"other").unwrap();
         assert_eq!(ino("c1"), ino(&shared));
         assert_eq!(ino("c2"), ino(&shared));
         assert_ne!(ino("c3"), ino("c1"));
@@ -521,6 +527,7 @@ mod tests {
 
         // Replacing a name never writes through the shared inode.
         HostFs.save(&dir, "c2", b"changed").unwrap();
+        HostFs.sync(&dir, "c2", b"changed").unwrap();
         assert_eq!(std::fs::read(dir.join("c1")).unwrap(), b"conf");
         assert_eq!(std::fs::read(dir.join("c2")).unwrap(), b"changed");
         HostFs.save(&dir, "c2", b"conf").unwrap();
@@ -542,6 +549,7 @@ mod tests {
         // a directory: each time the saved file is a private copy with the exact bytes.
         std::fs::write(dir.join(&shared), b"evil").unwrap();
         HostFs.save(dir, "c1", b"conf").unwrap();
+        HostFs.sync(dir, "c1", b"conf").unwrap();
         assert_eq!(std::fs::read(dir.join("c1")).unwrap(), b"conf");
         assert_eq!(std::fs::metadata(dir.join("c1")).unwrap().nlink(), 1);
         HostFs.remove(dir, "c1").unwrap();
@@ -556,6 +564,7 @@ mod tests {
         std::fs::write(&victim, b"conf").unwrap();
         std::os::unix::fs::symlink(&victim, dir.join(&shared)).unwrap();
         HostFs.save(dir, "c2", b"conf").unwrap();
+        HostFs.sync(dir, "c2", b"conf").unwrap();
         assert!(!std::fs::symlink_metadata(dir.join("c2"))
             .unwrap()
             .file_type()
@@ -568,6 +577,7 @@ mod tests {
         std::fs::remove_file(dir.join(&shared)).unwrap();
         std::fs::create_dir(dir.join(&shared)).unwrap();
         HostFs.save(dir, "c3", b"conf").unwrap();
+        HostFs.sync(dir, "c3", b"conf").unwrap();
         assert_eq!(std::fs::read(dir.join("c3")).unwrap(), b"conf");
     }
 
@@ -575,8 +585,10 @@ mod tests {
     fn sweep_removes_only_unlinked_shared_copies() {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path();
-        HostFs.save(dir, "live", b"a").unwrap();
-        HostFs.save(dir, "gone", b"b").unwrap();
+        for (id, data) in [("live", b"a"), ("gone", b"b")] {
+            HostFs.save(dir, id, data).unwrap();
+            HostFs.sync(dir, id, data).unwrap();
+        }
         // What a Go DEL does: the container's name only.
         std::fs::remove_file(dir.join("gone")).unwrap();
         std::fs::write(dir.join(".a1.0123.tmp"), b"x").unwrap();

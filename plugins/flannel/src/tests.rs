@@ -71,7 +71,7 @@ impl Fs for MemFs {
             .insert(dir.join(id), data.to_vec());
         Ok(())
     }
-    fn sync(&self, dir: &Path, id: &str) -> io::Result<()> {
+    fn sync(&self, dir: &Path, id: &str, _data: &[u8]) -> io::Result<()> {
         if *self.fail_sync.lock().unwrap() {
             return Err(io::Error::from_raw_os_error(5));
         }
