@@ -728,27 +728,40 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_lost_race_is_retried_with_another_subnet() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::open(dir.path().join("store")).unwrap();
-        store
-            .init_config(r#"{"Network":"10.80.0.0/16","Backend":{"Type":"vxlan"}}"#)
-            .unwrap();
+    /// An agent on a fresh embedded store with `config`, whose first lease creation loses
+    /// to another node creating `steal(key)` just before.
+    fn racing_agent(
+        dir: &std::path::Path,
+        config: &str,
+        steal: fn(&crate::lease::SubnetKey) -> crate::lease::SubnetKey,
+    ) -> (Agent, FileStore) {
+        let store = FileStore::open(dir.join("store")).unwrap();
+        store.init_config(config).unwrap();
         let k = FakeKernel::new();
         let mut a = agent(
             &k,
             "a",
             &store,
-            dir.path(),
+            dir,
             "192.0.2.1",
             Arc::new(AtomicBool::new(false)),
         );
         a.store = Box::new(RacyStore {
             inner: store.clone(),
             raced: AtomicBool::new(false),
-            steal: |k| *k,
+            steal,
         });
+        (a, store)
+    }
+
+    #[test]
+    fn a_lost_race_is_retried_with_another_subnet() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, store) = racing_agent(
+            dir.path(),
+            r#"{"Network":"10.80.0.0/16","Backend":{"Type":"vxlan"}}"#,
+            |k| *k,
+        );
         let attrs = LeaseAttrs {
             public_ip: "192.0.2.1".parse().unwrap(),
             public_ipv6: None,
@@ -773,29 +786,14 @@ mod tests {
     #[test]
     fn a_lost_race_for_the_ipv6_half_is_retried() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::open(dir.path().join("store")).unwrap();
-        store
-            .init_config(
-                r#"{"Network":"10.80.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:80::/56","Backend":{"Type":"vxlan"}}"#,
-            )
-            .unwrap();
-        let k = FakeKernel::new();
-        let mut a = agent(
-            &k,
-            "a",
-            &store,
+        let (a, store) = racing_agent(
             dir.path(),
-            "192.0.2.1",
-            Arc::new(AtomicBool::new(false)),
-        );
-        a.store = Box::new(RacyStore {
-            inner: store.clone(),
-            raced: AtomicBool::new(false),
-            steal: |k| crate::lease::SubnetKey {
+            r#"{"Network":"10.80.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:80::/56","Backend":{"Type":"vxlan"}}"#,
+            |k| crate::lease::SubnetKey {
                 v4: "10.80.200.0/24".parse().unwrap(),
                 v6: k.v6,
             },
-        });
+        );
         let attrs = LeaseAttrs {
             public_ip: "192.0.2.1".parse().unwrap(),
             public_ipv6: Some("fd70::1".parse().unwrap()),
