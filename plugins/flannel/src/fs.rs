@@ -78,6 +78,13 @@ fn errno(e: Errno) -> io::Error {
     io::Error::from_raw_os_error(e as i32)
 }
 
+/// How files in `dataDir` are opened for reading: never through a symlink, and never
+/// blocking on a FIFO planted there.
+const READ_NOFOLLOW: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC)
+    .union(OFlag::O_NONBLOCK);
+
 /// Opens `dir` itself with O_NOFOLLOW; `None` if it does not exist and `create` is false.
 fn open_dir(dir: &Path, create: bool) -> io::Result<Option<OwnedFd>> {
     if create {
@@ -103,22 +110,31 @@ fn open_dir(dir: &Path, create: bool) -> io::Result<Option<OwnedFd>> {
 /// container's config is removed no save of it can be in flight.
 fn remove_stale_temps(dirfd: &OwnedFd, id: &str) {
     let prefix = format!(".{id}.");
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-    let Ok(dupfd) = openat(dirfd, ".", flags, Mode::empty()) else {
+    let Ok(names) = entry_names(dirfd) else {
         return;
     };
-    let Ok(mut d) = nix::dir::Dir::from_fd(dupfd) else {
-        return;
-    };
-    let stale: Vec<String> = d
-        .iter()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().ok().map(str::to_owned))
-        .filter(|n| n.starts_with(&prefix) && n.ends_with(".tmp"))
-        .collect();
+    let stale = names
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix) && n.ends_with(".tmp"));
     for name in stale {
         let _ = unlinkat(dirfd, name.as_str(), UnlinkatFlags::NoRemoveDir);
     }
+}
+
+/// The UTF-8 entry names of the directory open at `dirfd`. `Dir` takes ownership of its
+/// fd, so the listing goes through a second descriptor of the same directory, and callers
+/// stat and unlink relative to the first.
+fn entry_names(dirfd: &OwnedFd) -> io::Result<Vec<String>> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let dupfd = openat(dirfd, ".", flags, Mode::empty()).map_err(errno)?;
+    let mut d = nix::dir::Dir::from_fd(dupfd).map_err(errno)?;
+    let mut names = Vec::new();
+    for entry in d.iter() {
+        if let Ok(name) = entry.map_err(errno)?.file_name().to_str() {
+            names.push(name.to_owned());
+        }
+    }
+    Ok(names)
 }
 
 fn read_capped(file: File, limit: usize) -> io::Result<Vec<u8>> {
@@ -160,8 +176,7 @@ impl Fs for HostFs {
         let Some(dirfd) = open_dir(dir, false)? else {
             return Err(io::ErrorKind::NotFound.into());
         };
-        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
-        let fd = openat(&dirfd, id, flags, Mode::empty()).map_err(errno)?;
+        let fd = openat(&dirfd, id, READ_NOFOLLOW, Mode::empty()).map_err(errno)?;
         let st = fstat(&fd).map_err(errno)?;
         let shared = shared_name(data);
         let linked = st.st_nlink > 1
@@ -187,8 +202,7 @@ impl Fs for HostFs {
         let Some(dirfd) = open_dir(dir, false)? else {
             return Ok(None);
         };
-        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
-        let fd = match openat(&dirfd, id, flags, Mode::empty()) {
+        let fd = match openat(&dirfd, id, READ_NOFOLLOW, Mode::empty()) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => return Ok(None),
             Err(Errno::ELOOP) => {
@@ -236,27 +250,18 @@ impl Fs for HostFs {
         let Some(dirfd) = open_dir(dir, false)? else {
             return Ok(Vec::new());
         };
-        // Dir takes ownership of its fd; list through a second descriptor of the same
-        // directory and stat entries relative to the first.
-        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        let dupfd = openat(&dirfd, ".", flags, Mode::empty()).map_err(errno)?;
-        let mut d = nix::dir::Dir::from_fd(dupfd).map_err(errno)?;
         let mut names = Vec::new();
-        for entry in d.iter() {
-            let entry = entry.map_err(errno)?;
-            let Ok(name) = entry.file_name().to_str() else {
-                continue;
-            };
-            if !cni::env::is_valid_id(name) || name.len() > cni::env::MAX_ID_LEN {
+        for name in entry_names(&dirfd)? {
+            if !cni::env::is_valid_id(&name) || name.len() > cni::env::MAX_ID_LEN {
                 continue;
             }
-            let st = match fstatat(&dirfd, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+            let st = match fstatat(&dirfd, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
                 Ok(st) => st,
                 Err(Errno::ENOENT) => continue,
                 Err(e) => return Err(errno(e)),
             };
             if is_regular(st.st_mode) {
-                names.push(name.to_owned());
+                names.push(name);
             }
         }
         names.sort();
@@ -267,13 +272,8 @@ impl Fs for HostFs {
         let Some(dirfd) = open_dir(dir, false)? else {
             return Ok(0);
         };
-        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        let dupfd = openat(&dirfd, ".", flags, Mode::empty()).map_err(errno)?;
-        let mut d = nix::dir::Dir::from_fd(dupfd).map_err(errno)?;
-        let unused: Vec<String> = d
-            .iter()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str().ok().map(str::to_owned))
+        let unused: Vec<String> = entry_names(&dirfd)?
+            .into_iter()
             .filter(|n| n.starts_with(SHARED_PREFIX))
             .filter(|n| {
                 fstatat(&dirfd, n.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
@@ -348,8 +348,7 @@ fn temp_name(id: &str) -> String {
 
 /// (device, inode) of `dir/name` if it is a regular file holding exactly `data`.
 fn same_content(dirfd: &OwnedFd, name: &str, data: &[u8]) -> Option<(u64, u64)> {
-    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
-    let fd = openat(dirfd, name, flags, Mode::empty()).ok()?;
+    let fd = openat(dirfd, name, READ_NOFOLLOW, Mode::empty()).ok()?;
     let st = fstat(&fd).ok()?;
     if !is_regular(st.st_mode) || usize::try_from(st.st_size).ok()? != data.len() {
         return None;
@@ -401,8 +400,7 @@ fn release_shared(dirfd: &OwnedFd, shared: Option<(String, (u64, u64))>) {
 /// The shared copy `dir/id` is linked to, with its (device, inode), read through the
 /// content; `None` for a file with a single link (private, or written by the Go plugin).
 fn linked_shared_copy(dirfd: &OwnedFd, id: &str) -> Option<(String, (u64, u64))> {
-    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK;
-    let fd = openat(dirfd, id, flags, Mode::empty()).ok()?;
+    let fd = openat(dirfd, id, READ_NOFOLLOW, Mode::empty()).ok()?;
     let st = fstat(&fd).ok()?;
     if !is_regular(st.st_mode) || st.st_nlink < 2 {
         return None;
